@@ -1,0 +1,78 @@
+//! One module per command. Each takes parsed arguments and returns an exit code or an error.
+
+pub mod doctor;
+pub mod provision;
+pub mod status;
+pub mod uninstall;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::cli::GlobalArgs;
+use crate::config::Config;
+use crate::root::RootPrefix;
+use crate::state::Db;
+
+/// What every command starts from.
+pub struct Env {
+    pub root: RootPrefix,
+    pub config: Config,
+    pub privileged: bool,
+}
+
+impl Env {
+    pub fn load(global: &GlobalArgs) -> anyhow::Result<Env> {
+        if !global.root.is_absolute() {
+            anyhow::bail!(
+                "--root must be an absolute path, got {}",
+                global.root.display()
+            );
+        }
+        let root = RootPrefix::new(&global.root);
+        let config = Config::load(&root, global.config.as_deref())?;
+        Ok(Env {
+            root,
+            config,
+            privileged: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.host(crate::provision::state_db::db_path(
+            &self.config.paths.state_dir,
+        ))
+    }
+
+    pub fn open_db_read_only(&self) -> anyhow::Result<Option<Db>> {
+        Ok(Db::open_read_only(&self.db_path())?)
+    }
+
+    pub fn require_root(&self, what: &str) -> anyhow::Result<()> {
+        if !self.privileged {
+            anyhow::bail!("{what} changes the host and needs root: run it with sudo, or add --dry-run to see the plan");
+        }
+        Ok(())
+    }
+
+    /// One provision or uninstall at a time per root: two would interleave journal entries and
+    /// race on the same links and files. The lock lives outside the root so it adds nothing to it.
+    pub fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+        use sha2::Digest;
+        let key =
+            hex::encode(&sha2::Sha256::digest(self.root.dir().as_os_str().as_encoded_bytes())[..8]);
+        let path = std::env::temp_dir().join(format!("fireclaw-{key}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another fireclaw provision/uninstall is running for root {} ({e}); wait for it to finish",
+                self.root.dir().display()
+            )
+        })
+    }
+}

@@ -1,0 +1,15 @@
+//! fireclaw: provisioning, images, VM lifecycle and the agent runtime. The binary in `main.rs` only
+//! parses and dispatches; everything lives here so integration tests can reach it.
+
+pub mod archive;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod fetch;
+pub mod irc;
+pub mod net;
+pub mod plan;
+pub mod provision;
+pub mod root;
+pub mod state;
+pub mod template;

@@ -1,0 +1,29 @@
+use clap::Parser;
+
+use fireclaw::cli::{Cli, Command};
+use fireclaw::commands::{self, Env};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = Env::load(&cli.global).and_then(|env| match &cli.command {
+        Command::Provision(a) => commands::provision::run(&env, a),
+        Command::Uninstall(a) => commands::uninstall::run(&env, a),
+        Command::Doctor(a) => commands::doctor::run(&env, a),
+        Command::Status(a) => commands::status::run(&env, a),
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&env.config)?);
+            Ok(0)
+        }
+    });
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! Typed actions: what a plan says it will do, and the undo record journaled before it is done.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::fsops;
+use crate::root::RootPrefix;
+
+/// One change to the host. Paths are host paths as configured (absolute); they are resolved under the
+/// root prefix when applied.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the state database (and the directories above it that are missing). The engine opens
+    /// it here; uninstall deletes it last, after every other change is reversed.
+    CreateStateDb {
+        path: String,
+        dirs: Vec<String>,
+    },
+    CreateDir {
+        path: String,
+        #[serde(serialize_with = "ser_mode")]
+        mode: u32,
+    },
+    WriteFile {
+        path: String,
+        #[serde(serialize_with = "ser_mode")]
+        mode: u32,
+        #[serde(skip)]
+        content: Vec<u8>,
+        /// What is on disk now (`None`: no file).
+        #[serde(skip)]
+        before: Option<Vec<u8>>,
+        /// Secrets that must not appear in printed diffs, with the placeholder shown instead.
+        #[serde(skip)]
+        redact: Vec<(String, String)>,
+        /// Unified diff against what is on disk (secrets redacted), filled in by the renderer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        diff: Option<String>,
+        /// `systemctl` arguments to run after the file changes, and again after uninstall restores
+        /// it (a daemon-reload, a service restart), so the service always runs the file on disk.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        systemctl_after: Vec<String>,
+    },
+    /// A random secret (IRC operator password), written 0600; never printed.
+    GenerateSecret {
+        path: String,
+        length: usize,
+    },
+    /// An ed25519 key pair for guests: `path` (0600) and `path.pub`.
+    GenerateSshKey {
+        path: String,
+        comment: String,
+    },
+    /// Fetch an archive pinned by sha256 (cached by digest), then install members from it.
+    InstallFromArchive {
+        url: String,
+        sha256: String,
+        members: Vec<ArchiveMember>,
+        /// Verified downloads are kept here by digest (host path).
+        cache_dir: String,
+    },
+    AptInstall {
+        packages: Vec<String>,
+    },
+    CreateBridge {
+        name: String,
+    },
+    AddAddress {
+        link: String,
+        cidr: String,
+    },
+    SetLinkUp {
+        link: String,
+    },
+    SetSysctl {
+        key: String,
+        value: String,
+    },
+    /// Replace (or create) fireclaw's own nftables table with exactly this ruleset.
+    NftTable {
+        family: String,
+        name: String,
+        ruleset: String,
+    },
+    Systemctl {
+        args: Vec<String>,
+    },
+    /// Work done by a builder (kernel, images, thin pool) described in one line; `id` picks the builder.
+    Build {
+        id: String,
+        description: String,
+        /// Files the build creates, removed on uninstall.
+        outputs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArchiveMember {
+    /// Path inside the archive.
+    pub member: String,
+    /// Host path to install it to.
+    pub dest: String,
+    #[serde(serialize_with = "ser_mode", deserialize_with = "de_mode")]
+    pub mode: u32,
+}
+
+/// How to take one action back. Every variant is idempotent: reverting something that never happened
+/// (an interrupted run's `pending` entry) is a no-op.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Undo {
+    /// Remove a directory provision created, if it is empty by then.
+    RemoveDir {
+        path: String,
+    },
+    /// Put back a file's previous content and mode (kept in the journal's backup column), or remove
+    /// the file when there was none.
+    RestoreFile {
+        path: String,
+        previous_mode: Option<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        systemctl_after: Vec<String>,
+    },
+    RemoveFiles {
+        paths: Vec<String>,
+    },
+    AptRemove {
+        packages: Vec<String>,
+    },
+    DeleteLink {
+        name: String,
+    },
+    DeleteAddress {
+        link: String,
+        cidr: String,
+    },
+    SetLinkDown {
+        link: String,
+    },
+    RestoreSysctl {
+        key: String,
+        value: String,
+    },
+    /// Restore the table that was there before (kept as the backup) or delete ours.
+    RestoreNftTable {
+        family: String,
+        name: String,
+    },
+    Systemctl {
+        args: Vec<String>,
+    },
+    Nothing,
+}
+
+fn ser_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+fn de_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    u32::from_str_radix(&text, 8).map_err(serde::de::Error::custom)
+}
+
+impl Action {
+    /// One line, as the plan prints it and the journal records it. Never contains a secret.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::CreateStateDb { path, dirs } if dirs.is_empty() => {
+                format!("create state database {path}")
+            }
+            Action::CreateStateDb { path, dirs } => {
+                format!(
+                    "create state database {path} (with directories {})",
+                    dirs.join(", ")
+                )
+            }
+            Action::CreateDir { path, mode } => {
+                format!("create directory {path} (mode {mode:04o})")
+            }
+            Action::WriteFile {
+                path, mode, before, ..
+            } => match before {
+                None => format!("create file {path} (mode {mode:04o})"),
+                Some(_) => format!("update file {path} (mode {mode:04o})"),
+            },
+            Action::GenerateSecret { path, length } => {
+                format!(
+                    "generate a {length}-character secret into {path} (mode 0600, never printed)"
+                )
+            }
+            Action::GenerateSshKey { path, comment } => {
+                format!(
+                    "generate ed25519 key pair {path} (0600) and {path}.pub, comment {comment:?}"
+                )
+            }
+            Action::InstallFromArchive {
+                url,
+                sha256,
+                members,
+                ..
+            } => {
+                let list = members
+                    .iter()
+                    .map(|m| format!("{} -> {} ({:04o})", m.member, m.dest, m.mode))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("download {url} (sha256 {sha256}), verify, install {list}")
+            }
+            Action::AptInstall { packages } => {
+                format!(
+                    "apt-get install -y --no-install-recommends {}",
+                    packages.join(" ")
+                )
+            }
+            Action::CreateBridge { name } => format!("ip link add {name} type bridge"),
+            Action::AddAddress { link, cidr } => format!("ip address add {cidr} dev {link}"),
+            Action::SetLinkUp { link } => format!("ip link set {link} up"),
+            Action::SetSysctl { key, value } => format!("sysctl -w {key}={value}"),
+            Action::NftTable { family, name, .. } => {
+                format!("nft -f - (table {family} {name}, ruleset below)")
+            }
+            Action::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Action::Build { description, .. } => description.clone(),
+        }
+    }
+
+    /// Captures what is needed to undo this action, *before* it runs: the file it will overwrite,
+    /// the sysctl value it will change. Returns the undo record and an optional backup blob.
+    pub fn prepare_undo(&self, root: &RootPrefix) -> anyhow::Result<(Undo, Option<Vec<u8>>)> {
+        Ok(match self {
+            Action::CreateStateDb { .. } => (Undo::Nothing, None),
+            Action::CreateDir { path, .. } => (Undo::RemoveDir { path: path.clone() }, None),
+            Action::WriteFile {
+                path,
+                systemctl_after,
+                ..
+            } => {
+                let previous = fsops::read_existing(&root.host(path))?;
+                let undo = Undo::RestoreFile {
+                    path: path.clone(),
+                    previous_mode: previous.as_ref().map(|(_, mode)| *mode),
+                    systemctl_after: systemctl_after.clone(),
+                };
+                (undo, previous.map(|(bytes, _)| bytes))
+            }
+            Action::GenerateSecret { path, .. } => (
+                Undo::RemoveFiles {
+                    paths: vec![path.clone()],
+                },
+                None,
+            ),
+            Action::GenerateSshKey { path, .. } => (
+                Undo::RemoveFiles {
+                    paths: vec![path.clone(), format!("{path}.pub")],
+                },
+                None,
+            ),
+            Action::InstallFromArchive { members, .. } => (
+                Undo::RemoveFiles {
+                    paths: members.iter().map(|m| m.dest.clone()).collect(),
+                },
+                None,
+            ),
+            Action::AptInstall { packages } => (
+                Undo::AptRemove {
+                    packages: packages.clone(),
+                },
+                None,
+            ),
+            Action::CreateBridge { name } => (Undo::DeleteLink { name: name.clone() }, None),
+            Action::AddAddress { link, cidr } => (
+                Undo::DeleteAddress {
+                    link: link.clone(),
+                    cidr: cidr.clone(),
+                },
+                None,
+            ),
+            Action::SetLinkUp { link } => (Undo::SetLinkDown { link: link.clone() }, None),
+            Action::SetSysctl { key, .. } => (
+                Undo::RestoreSysctl {
+                    key: key.clone(),
+                    value: crate::net::sysctl::read(key)?,
+                },
+                None,
+            ),
+            Action::NftTable { family, name, .. } => (
+                Undo::RestoreNftTable {
+                    family: family.clone(),
+                    name: name.clone(),
+                },
+                crate::net::nft::dump_table(family, name)?.map(String::into_bytes),
+            ),
+            Action::Systemctl { args } => (
+                Undo::Systemctl {
+                    args: systemctl_inverse(args),
+                },
+                None,
+            ),
+            Action::Build { outputs, .. } => (
+                Undo::RemoveFiles {
+                    paths: outputs.clone(),
+                },
+                None,
+            ),
+        })
+    }
+
+    pub fn execute(&self, root: &RootPrefix) -> anyhow::Result<()> {
+        match self {
+            // The engine opens the database itself (it needs the handle); see plan::apply.
+            Action::CreateStateDb { .. } => Ok(()),
+            Action::CreateDir { path, mode } => fsops::create_dir(&root.host(path), *mode),
+            Action::WriteFile {
+                path,
+                mode,
+                content,
+                systemctl_after,
+                ..
+            } => fsops::write_atomic(&root.host(path), content, *mode).and_then(|()| {
+                if systemctl_after.is_empty() {
+                    Ok(())
+                } else {
+                    crate::provision::systemd::systemctl(systemctl_after)
+                }
+            }),
+            Action::GenerateSecret { path, length } => fsops::write_atomic(
+                &root.host(path),
+                fsops::random_secret(*length).as_bytes(),
+                0o600,
+            ),
+            Action::GenerateSshKey { path, comment } => {
+                crate::provision::keys::generate_ed25519(&root.host(path), comment)
+            }
+            Action::InstallFromArchive {
+                url,
+                sha256,
+                members,
+                cache_dir,
+            } => crate::provision::firecracker::install(root, url, sha256, members, cache_dir),
+            Action::AptInstall { packages } => crate::provision::packages::apt_install(packages),
+            Action::CreateBridge { name } => crate::net::link::create_bridge(name),
+            Action::AddAddress { link, cidr } => crate::net::link::add_address(link, cidr),
+            Action::SetLinkUp { link } => crate::net::link::set_up(link, true),
+            Action::SetSysctl { key, value } => crate::net::sysctl::write(key, value),
+            Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
+            Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Action::Build { id, .. } => crate::provision::build(root, id),
+        }
+        .with_context(|| format!("failed to {}", self.describe()))
+    }
+}
+
+/// `enable X` is undone by `disable X`; `daemon-reload` and restarts are re-run on the way out so the
+/// service manager sees the restored files.
+fn systemctl_inverse(args: &[String]) -> Vec<String> {
+    match args.first().map(String::as_str) {
+        Some("enable") => std::iter::once("disable".to_string())
+            .chain(args[1..].iter().cloned())
+            .collect(),
+        _ => args.to_vec(),
+    }
+}
+
+impl Undo {
+    pub fn describe(&self) -> String {
+        match self {
+            Undo::RemoveDir { path } => format!("remove directory {path} (if empty)"),
+            Undo::RestoreFile {
+                path,
+                previous_mode: Some(mode),
+                ..
+            } => format!("restore previous {path} (mode {mode:04o})"),
+            Undo::RestoreFile { path, .. } => format!("remove file {path}"),
+            Undo::RemoveFiles { paths } => format!("remove {}", paths.join(", ")),
+            Undo::AptRemove { packages } => format!("apt-get remove -y {}", packages.join(" ")),
+            Undo::DeleteLink { name } => format!("ip link delete {name}"),
+            Undo::DeleteAddress { link, cidr } => format!("ip address delete {cidr} dev {link}"),
+            Undo::SetLinkDown { link } => format!("ip link set {link} down"),
+            Undo::RestoreSysctl { key, value } => format!("sysctl -w {key}={value}"),
+            Undo::RestoreNftTable { family, name } => {
+                format!("nft delete table {family} {name} (restoring any previous table)")
+            }
+            Undo::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Undo::Nothing => "nothing to undo".into(),
+        }
+    }
+
+    pub fn revert(&self, root: &RootPrefix, backup: Option<&[u8]>) -> anyhow::Result<()> {
+        match self {
+            Undo::RemoveDir { path } => fsops::remove_dir_if_empty(&root.host(path)),
+            Undo::RestoreFile {
+                path,
+                previous_mode,
+                systemctl_after,
+            } => {
+                let resolved = root.host(path);
+                match (previous_mode, backup) {
+                    (Some(mode), Some(bytes)) => fsops::write_atomic(&resolved, bytes, *mode),
+                    _ => fsops::remove_file_if_exists(&resolved),
+                }?;
+                if systemctl_after.is_empty() {
+                    Ok(())
+                } else {
+                    crate::provision::systemd::systemctl(systemctl_after)
+                }
+            }
+            Undo::RemoveFiles { paths } => paths
+                .iter()
+                .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p))),
+            Undo::AptRemove { packages } => crate::provision::packages::apt_remove(packages),
+            Undo::DeleteLink { name } => crate::net::link::delete(name),
+            Undo::DeleteAddress { link, cidr } => crate::net::link::delete_address(link, cidr),
+            Undo::SetLinkDown { link } => crate::net::link::set_up(link, false),
+            Undo::RestoreSysctl { key, value } => crate::net::sysctl::write(key, value),
+            Undo::RestoreNftTable { family, name } => {
+                crate::net::nft::delete_table(family, name)?;
+                match backup {
+                    Some(previous) => crate::net::nft::apply(&String::from_utf8_lossy(previous)),
+                    None => Ok(()),
+                }
+            }
+            Undo::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Undo::Nothing => Ok(()),
+        }
+        .with_context(|| format!("failed to {}", self.describe()))
+    }
+}
+
+impl Action {
+    /// Files and directories this action creates, for tests and `status`.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            Action::CreateStateDb { path, dirs } => dirs
+                .iter()
+                .chain(std::iter::once(path))
+                .map(PathBuf::from)
+                .collect(),
+            Action::CreateDir { path, .. }
+            | Action::WriteFile { path, .. }
+            | Action::GenerateSecret { path, .. } => vec![PathBuf::from(path)],
+            Action::GenerateSshKey { path, .. } => {
+                vec![PathBuf::from(path), PathBuf::from(format!("{path}.pub"))]
+            }
+            Action::InstallFromArchive { members, .. } => {
+                members.iter().map(|m| PathBuf::from(&m.dest)).collect()
+            }
+            Action::Build { outputs, .. } => outputs.iter().map(PathBuf::from).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_records_round_trip_through_json() {
+        for undo in [
+            Undo::RemoveDir { path: "/a".into() },
+            Undo::RestoreFile {
+                path: "/b".into(),
+                previous_mode: Some(0o644),
+                systemctl_after: vec!["daemon-reload".into()],
+            },
+            Undo::RestoreNftTable {
+                family: "inet".into(),
+                name: "fireclaw".into(),
+            },
+            Undo::Systemctl {
+                args: vec!["disable".into(), "fireclaw.service".into()],
+            },
+        ] {
+            let json = serde_json::to_string(&undo).unwrap();
+            assert_eq!(serde_json::from_str::<Undo>(&json).unwrap(), undo);
+        }
+    }
+
+    #[test]
+    fn enable_is_undone_by_disable() {
+        let args = vec!["enable".to_string(), "fireclaw.service".to_string()];
+        assert_eq!(
+            systemctl_inverse(&args),
+            vec!["disable", "fireclaw.service"]
+        );
+        let reload = vec!["daemon-reload".to_string()];
+        assert_eq!(systemctl_inverse(&reload), reload);
+    }
+
+    #[test]
+    fn descriptions_never_hold_secret_content() {
+        let a = Action::WriteFile {
+            path: "/etc/x".into(),
+            mode: 0o600,
+            content: b"hunter2".to_vec(),
+            before: None,
+            redact: vec![("hunter2".into(), "<secret>".into())],
+            diff: None,
+            systemctl_after: vec![],
+        };
+        assert!(!a.describe().contains("hunter2"));
+        assert!(!serde_json::to_string(&a).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn file_write_and_restore_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/keep"), b"original\n").unwrap();
+        let write = Action::WriteFile {
+            path: "/etc/keep".into(),
+            mode: 0o640,
+            content: b"ours\n".to_vec(),
+            before: Some(b"original\n".to_vec()),
+            redact: vec![],
+            diff: None,
+            systemctl_after: vec![],
+        };
+        let (undo, backup) = write.prepare_undo(&root).unwrap();
+        write.execute(&root).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/keep")).unwrap(),
+            b"ours\n"
+        );
+        undo.revert(&root, backup.as_deref()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/keep")).unwrap(),
+            b"original\n"
+        );
+        // Idempotent: reverting twice changes nothing more.
+        undo.revert(&root, backup.as_deref()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/keep")).unwrap(),
+            b"original\n"
+        );
+    }
+}

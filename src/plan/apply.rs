@@ -1,0 +1,178 @@
+//! Applying a plan and reversing it. Each action is journaled as `pending` (with its undo record and
+//! backup) before it runs and marked `done` after, so an interruption at any point leaves a journal
+//! that a re-run completes and uninstall can reverse.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{fsops, Action, Plan, StepStatus, Undo};
+use crate::root::RootPrefix;
+use crate::state::{Db, JournalStatus};
+
+/// Meta key listing the directories created together with the database, removed after it.
+const META_CREATED_DIRS: &str = "created_dirs";
+
+/// Progress display, one bar per step. Hidden when stderr is not a terminal (CI, pipes).
+fn step_bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Executes every pending step's actions in order and returns the open database. Stops at the first
+/// failure: what ran is journaled, and the error says which action failed.
+pub fn apply(
+    plan: &Plan,
+    root: &RootPrefix,
+    db_path: &Path,
+) -> anyhow::Result<(Option<Db>, usize)> {
+    if plan.is_blocked() {
+        anyhow::bail!(
+            "preflight failed; nothing was changed (run `fireclaw doctor` for the fixes)"
+        );
+    }
+    let mut db = if db_path.exists() {
+        Some(Db::open(db_path)?)
+    } else {
+        None
+    };
+    let mut applied = 0;
+    let total = plan.steps.len();
+    for (index, step) in plan.steps.iter().enumerate() {
+        if step.status != StepStatus::Pending {
+            if let (StepStatus::Done, Some(db)) = (step.status, &db) {
+                db.mark_step_complete(step.name)?;
+            }
+            continue;
+        }
+        let bar = step_bar(
+            &format!("[{}/{}] {}", index + 1, total, step.name),
+            step.plan.actions.len() as u64,
+        );
+        for action in &step.plan.actions {
+            let line = action.describe();
+            bar.set_message(line.clone());
+            if let Action::CreateStateDb { dirs, .. } = action {
+                let opened = Db::open(db_path)?;
+                opened.set_meta(META_CREATED_DIRS, &serde_json::to_string(dirs)?)?;
+                let id = opened.journal_begin(
+                    step.name,
+                    &line,
+                    &serde_json::to_string(&Undo::Nothing)?,
+                    None,
+                )?;
+                opened.journal_set_status(id, JournalStatus::Done)?;
+                db = Some(opened);
+                applied += 1;
+                bar.inc(1);
+                continue;
+            }
+            let journal = db
+                .as_ref()
+                .context("internal error: a change was planned before the state database exists")?;
+            let (undo, backup) = action
+                .prepare_undo(root)
+                .with_context(|| format!("step {}: preparing to {line}", step.name))?;
+            let id = journal.journal_begin(
+                step.name,
+                &line,
+                &serde_json::to_string(&undo)?,
+                backup.as_deref(),
+            )?;
+            action
+                .execute(root)
+                .with_context(|| format!("step {}", step.name))?;
+            journal.journal_set_status(id, JournalStatus::Done)?;
+            applied += 1;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if let Some(db) = &db {
+            db.mark_step_complete(step.name)?;
+        }
+        eprintln!(
+            "[{}/{}] {}: {} change(s) applied",
+            index + 1,
+            total,
+            step.name,
+            step.plan.actions.len()
+        );
+    }
+    Ok((db, applied))
+}
+
+/// One journaled change as uninstall will reverse it.
+pub struct Reversal {
+    pub id: i64,
+    pub step: String,
+    pub action: String,
+    pub undo: Undo,
+    pub backup: Option<Vec<u8>>,
+}
+
+/// The journal's active entries, newest first, parsed. A corrupt undo record is an error naming the
+/// entry: guessing how to undo it could delete something that is not ours.
+pub fn reversals(db: &Db) -> anyhow::Result<Vec<Reversal>> {
+    db.journal_active_newest_first()?
+        .into_iter()
+        .map(|e| {
+            let undo: Undo = serde_json::from_str(&e.undo).with_context(|| {
+                format!(
+                    "journal entry {} ({}) has an unreadable undo record; repair {} by hand",
+                    e.id,
+                    e.action,
+                    db.path().display()
+                )
+            })?;
+            Ok(Reversal {
+                id: e.id,
+                step: e.step,
+                action: e.action,
+                undo,
+                backup: e.backup,
+            })
+        })
+        .collect()
+}
+
+/// Reverses every journaled change, newest first, then deletes the database and the directories
+/// created with it. Keeps going past failures (reporting each) so one stuck item does not strand the
+/// rest; if anything failed the database stays, so a re-run can finish the job.
+pub fn uninstall(db: Db, root: &RootPrefix) -> anyhow::Result<Vec<String>> {
+    let items = reversals(&db)?;
+    let bar = step_bar("uninstall", items.len() as u64);
+    let mut failures = Vec::new();
+    for item in &items {
+        bar.set_message(item.undo.describe());
+        match item.undo.revert(root, item.backup.as_deref()) {
+            Ok(()) => db.journal_set_status(item.id, JournalStatus::Reverted)?,
+            Err(e) => failures.push(format!("{}: {e:#}", item.step)),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !failures.is_empty() {
+        return Ok(failures);
+    }
+    let dirs: Vec<String> = match db.meta(META_CREATED_DIRS)? {
+        Some(json) => {
+            serde_json::from_str(&json).context("reading the list of created directories")?
+        }
+        None => Vec::new(),
+    };
+    db.destroy().context("deleting the state database")?;
+    // Deepest first: the list is outermost first, as the plan created them.
+    for dir in dirs.iter().rev() {
+        if let Err(e) = fsops::remove_dir_if_empty(&root.host(dir)) {
+            failures.push(format!("state: {e:#}"));
+        }
+    }
+    Ok(failures)
+}

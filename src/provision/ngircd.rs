@@ -1,0 +1,73 @@
+//! ngircd as the agents' IRC server: fireclaw's configuration and the operator password.
+
+use crate::irc::ngircd::{render, NgircdParams};
+use crate::plan::fsops::{self, Existing};
+use crate::plan::{Ctx, Step, StepPlan};
+
+pub struct Ngircd;
+
+/// The operator password's file inside `paths.config_dir` (0600; read by the overseer).
+pub const OPERATOR_PASSWORD_FILE: &str = "irc-operator.pass";
+
+const PASSWORD_LENGTH: usize = 32;
+
+impl Step for Ngircd {
+    fn name(&self) -> &'static str {
+        "ngircd"
+    }
+
+    fn summary(&self) -> &'static str {
+        "ngircd configured for the agents (bridge + loopback only, #control and #agents)"
+    }
+
+    fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
+        let pass_path = format!("{}/{OPERATOR_PASSWORD_FILE}", ctx.config.paths.config_dir);
+        let mut plan = StepPlan::default();
+        // Reuse the password on disk, so a re-run is a no-op; generate one (now, at plan time, so
+        // the config written matches the password file written) when there is none.
+        let password = match fsops::probe_file(&ctx.host(&pass_path)) {
+            Existing::File { content, .. } => String::from_utf8_lossy(&content).trim().to_string(),
+            Existing::Unreadable => {
+                plan.notes.push(format!("{pass_path} is not readable without root; run as root to check ngircd's configuration"));
+                return Ok(plan);
+            }
+            _ => fsops::random_secret(PASSWORD_LENGTH),
+        };
+        let redact = vec![(
+            password.clone(),
+            format!("<operator password from {pass_path}>"),
+        )];
+        if let Some(a) = fsops::plan_file_redacted(
+            ctx,
+            &pass_path,
+            format!("{password}\n").into_bytes(),
+            0o600,
+            redact.clone(),
+        )? {
+            plan.actions.push(a);
+        }
+        let text = render(ctx.config, &NgircdParams::for_host(ctx.config, &password)?)?;
+        let conf = &ctx.config.paths.ngircd_conf;
+        if let Some(dir) = std::path::Path::new(conf).parent() {
+            crate::provision::layout::plan_dir_tree(
+                ctx,
+                &dir.to_string_lossy(),
+                0o755,
+                &mut plan.actions,
+            )?;
+        }
+        if let Some(mut a) = fsops::plan_file_redacted(ctx, conf, text.into_bytes(), 0o600, redact)?
+        {
+            if super::systemd_active(ctx.root) {
+                if let crate::plan::Action::WriteFile {
+                    systemctl_after, ..
+                } = &mut a
+                {
+                    *systemctl_after = vec!["restart".into(), "ngircd.service".into()];
+                }
+            }
+            plan.actions.push(a);
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,248 @@
+//! The one SQLite database under the state directory: the provisioning journal now; leases, VMs,
+//! agents and audit later. Schema changes are numbered migrations applied in order on open.
+
+pub mod journal;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use journal::{JournalEntry, JournalStatus};
+
+/// File name of the database inside `paths.state_dir`.
+pub const DB_FILE: &str = "state.db";
+
+/// Each entry upgrades the schema by one version; `PRAGMA user_version` records how many ran.
+/// Never edit a shipped migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the provisioning journal. `undo` is JSON (see plan::Undo); `backup` holds a file's previous
+    // content when provision overwrote it, so uninstall can put it back byte for byte.
+    "CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        step TEXT NOT NULL,
+        action TEXT NOT NULL,
+        undo TEXT NOT NULL,
+        backup BLOB,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'reverted')),
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE step_runs (
+        step TEXT PRIMARY KEY,
+        completed_at INTEGER NOT NULL
+     );
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} has schema version {found}, newer than this fireclaw knows ({known}); upgrade fireclaw")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database for writing and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Db, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| sqlite(path, e))?;
+        db.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sqlite(path, e))?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Opens an existing database read-only, for dry-runs and `status`; `None` if it does not exist
+    /// (a host that was never provisioned). Never creates anything.
+    pub fn open_read_only(path: &Path) -> Result<Option<Db>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| sqlite(path, e))?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version = db.schema_version()?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StateError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        Ok(Some(db))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn schema_version(&self) -> Result<i64, StateError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sqlite(&self.path, e))
+    }
+
+    fn migrate(&self) -> Result<(), StateError> {
+        let version = self.schema_version()?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StateError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let next = index + 1;
+            let batch = format!("BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;");
+            self.conn
+                .execute_batch(&batch)
+                .map_err(|e| sqlite(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| sqlite(&self.path, e))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(drop)
+            .map_err(|e| sqlite(&self.path, e))
+    }
+
+    /// Closes the connection and deletes the database with its WAL files: the last act of uninstall.
+    pub fn destroy(self) -> std::io::Result<()> {
+        let path = self.path.clone();
+        drop(self.conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
+    StateError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_fresh_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.db");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        db.set_meta("k", "v").unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.meta("k").unwrap().as_deref(), Some("v"));
+        let ro = Db::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(ro.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn read_only_open_of_missing_db_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope/state.db");
+        assert!(Db::open_read_only(&path).unwrap().is_none());
+        assert!(!dir.path().join("nope").exists());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 999;").unwrap();
+        drop(conn);
+        let err = Db::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("999") && err.contains("upgrade fireclaw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, b"this is not sqlite at all, not even close....").unwrap();
+        let err = Db::open(&path).err().unwrap().to_string();
+        assert!(err.contains("state.db"), "{err}");
+    }
+
+    #[test]
+    fn destroy_removes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = Db::open(&path).unwrap();
+        db.set_meta("a", "b").unwrap();
+        db.destroy().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
