@@ -1,7 +1,9 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
 pub mod doctor;
+pub mod gc;
 pub mod provision;
+pub mod run;
 pub mod status;
 pub mod uninstall;
 

@@ -31,6 +31,32 @@ const MIGRATIONS: &[&str] = &[
         completed_at INTEGER NOT NULL
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: running VMs and their IP leases. A VM row is written before any of its resources exist
+    // and names all of them (tap, run dir, planned disk path), so a crash at any point leaves a
+    // record `fireclaw gc` can clean up from. `owner_pid`/`owner_start` identify the fireclaw
+    // process that owns the VM (start time guards against pid reuse); both are NULL for `--keep`.
+    // `ip` is the IPv4 address as an integer; the primary key makes a double lease impossible.
+    "CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        vmm TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'running', 'kept', 'destroying')),
+        owner_pid INTEGER,
+        owner_start INTEGER,
+        vmm_pid INTEGER,
+        tap TEXT NOT NULL,
+        ip INTEGER,
+        run_dir TEXT NOT NULL,
+        disk_planned TEXT NOT NULL,
+        disk TEXT,
+        policy TEXT NOT NULL,
+        image TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE leases (
+        ip INTEGER PRIMARY KEY,
+        vm_id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
