@@ -146,22 +146,35 @@ impl Db {
     }
 
     fn migrate(&self) -> Result<(), StateError> {
-        let version = self.schema_version()?;
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StateError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                known: MIGRATIONS.len(),
-            });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let next = index + 1;
-            let batch = format!("BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;");
-            self.conn
-                .execute_batch(&batch)
-                .map_err(|e| sqlite(&self.path, e))?;
-        }
-        Ok(())
+        // IMMEDIATE takes the write lock before the version is read: concurrent first opens
+        // (parallel `fireclaw run`s on a fresh host) wait here, then see the finished schema
+        // instead of both running migration 1.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| sqlite(&self.path, e))?;
+        let result = (|| {
+            let version = self.schema_version()?;
+            if version > MIGRATIONS.len() as i64 {
+                return Err(StateError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    known: MIGRATIONS.len(),
+                });
+            }
+            for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                let next = index + 1;
+                self.conn
+                    .execute_batch(&format!("{sql}; PRAGMA user_version = {next};"))
+                    .map_err(|e| sqlite(&self.path, e))?;
+            }
+            Ok(())
+        })();
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self
+            .conn
+            .execute_batch(end)
+            .map_err(|e| sqlite(&self.path, e));
+        result.and(ended)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
@@ -229,6 +242,23 @@ mod tests {
         assert_eq!(db.meta("k").unwrap().as_deref(), Some("v"));
         let ro = Db::open_read_only(&path).unwrap().unwrap();
         assert_eq!(ro.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn concurrent_first_opens_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || Db::open(&p).map(drop).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
     #[test]

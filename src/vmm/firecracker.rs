@@ -318,6 +318,16 @@ fn wait_socket(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The file exists from bind(); wait until Firecracker also listens.
+    while let Err(e) = std::os::unix::net::UnixStream::connect(sock) {
+        if start.elapsed() > timeout {
+            return Err(VmmError::Io {
+                what: format!("connecting to {}", sock.display()),
+                source: e,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(())
 }
 

@@ -193,7 +193,13 @@ fn connect(
             });
         }
         if sock.exists() {
-            return Qmp::connect(sock, timeout);
+            match Qmp::connect(sock, timeout) {
+                // The socket file appears at bind(), a moment before QEMU listens on it.
+                Err(VmmError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused
+                        && start.elapsed() < timeout => {}
+                other => return other,
+            }
         }
         if start.elapsed() > timeout {
             return Err(VmmError::Timeout {
