@@ -177,6 +177,12 @@ fn kill_9_while_booting_then_gc_leaves_nothing() {
     .unwrap();
     let _ = child.wait();
     // The leftovers are visible...
+    let status = root.fireclaw(&ns, &["status"]);
+    assert!(
+        text(&status.stdout).contains("LEFTOVER"),
+        "{}",
+        text(&status.stdout)
+    );
     let dry = root.fireclaw(&ns, &["gc", "--dry-run"]);
     assert!(
         text(&dry.stdout).contains("would remove VM"),
@@ -291,9 +297,6 @@ fn guest_that_never_boots_times_out_with_console_and_cleans_up() {
     // A kernel that is not a kernel: QEMU starts, the guest never answers.
     let bogus = root.path().join("bogus-kernel");
     std::fs::write(&bogus, vec![0u8; 4096]).unwrap();
-    let mut c = root.run_cmd(&ns, &["--timeout", "8", "--", "true"]);
-    // The later --kernel wins in clap? No: pass it via a fresh command instead.
-    let _ = &mut c;
     let out = std::process::Command::new("timeout")
         .args(["-s", "KILL", "120", "ip", "netns", "exec", &ns.name])
         .arg(env!("CARGO_BIN_EXE_fireclaw"))

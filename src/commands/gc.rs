@@ -66,3 +66,30 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
+
+/// The VM table for `status`: what runs, who owns it, and what a dead owner left behind.
+pub fn print_vms(vms: &[record::VmRecord]) {
+    if vms.is_empty() {
+        println!("VMs: none");
+        return;
+    }
+    println!("VMs: {}", vms.len());
+    for r in vms {
+        let owner = if r.state == "kept" {
+            "kept".to_string()
+        } else if record::owner_alive(r) {
+            format!("owned by fireclaw pid {}", r.owner_pid.unwrap_or_default())
+        } else {
+            "LEFTOVER (its fireclaw died; `fireclaw gc` removes it)".to_string()
+        };
+        println!(
+            "  {} {} {} {} tap {} policy {}: {owner}",
+            r.id,
+            r.vmm,
+            r.state,
+            r.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            r.tap,
+            r.policy
+        );
+    }
+}

@@ -16,6 +16,7 @@ struct Status {
     bridge: Option<BridgeStatus>,
     ngircd_config: bool,
     unit_file: bool,
+    vms: Vec<crate::vm::record::VmRecord>,
 }
 
 #[derive(Serialize)]
@@ -65,6 +66,10 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         bridge,
         ngircd_config: env.root.host(&env.config.paths.ngircd_conf).exists(),
         unit_file: env.root.host(&unit).exists(),
+        vms: match &db {
+            Some(db) => crate::vm::record::list(db).unwrap_or_default(),
+            None => Vec::new(),
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -114,5 +119,6 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
             "absent"
         }
     );
+    super::gc::print_vms(&status.vms);
     Ok(0)
 }
