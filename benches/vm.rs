@@ -69,7 +69,7 @@ fn clone_vs_copy() {
         f.set_len(1 << 30).unwrap();
         let chunk = vec![0xa5u8; 1 << 20];
         for i in 0..128u64 {
-            f.seek(SeekFrom::Start(i * 6 << 20)).unwrap();
+            f.seek(SeekFrom::Start((i * 6) << 20)).unwrap();
             f.write_all(&chunk).unwrap();
         }
         f.sync_all().unwrap();
