@@ -161,6 +161,9 @@ pub fn install(r: &VmRules) -> anyhow::Result<()> {
             String::from_utf8_lossy(&probe.stderr).trim()
         );
     }
+    // Installing twice (a retry) must not stack a second jump: start from nothing. The VM is
+    // not running yet, so the moment without rules lets nothing through.
+    remove(r.table, r.tap)?;
     let out = nft(&["-f", "-"], Some(&script))?;
     if !out.status.success() {
         anyhow::bail!(
