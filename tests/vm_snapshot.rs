@@ -32,10 +32,13 @@ fn qemu_snapshot_then_restore_keeps_guest_memory() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(scenario(&root_dir, &fx2))
+        // Netlink helpers run their own small runtime: call them outside this one.
+        fireclaw::net::tap::create("fc-snaptest", "fcbr0").map_err(|e| e.to_string())?;
+        let r = rt.block_on(scenario(&root_dir, &fx2));
+        fireclaw::net::tap::delete("fc-snaptest").map_err(|e| e.to_string())?;
+        r
     })
     .join();
-    let _ = fireclaw::net::tap::delete("fc-snaptest");
     match result {
         Ok(r) => r.unwrap(),
         Err(p) => std::panic::resume_unwind(p),
@@ -58,7 +61,6 @@ async fn scenario(root: &std::path::Path, fx: &Fixture) -> Result<(), String> {
     let disk = root.join("disk.img");
     fireclaw::storage::clone::clone_file(&image.rootfs, &disk).map_err(|e| e.to_string())?;
     let tap = "fc-snaptest";
-    fireclaw::net::tap::create(tap, "fcbr0").map_err(|e| e.to_string())?;
     let ip = std::net::Ipv4Addr::new(172, 16, 0, 50);
     let bridge = fireclaw::net::Ipv4Cidr::parse("172.16.0.1/24").unwrap();
     let mut spec = VmSpec {
@@ -149,7 +151,6 @@ async fn scenario(root: &std::path::Path, fx: &Fixture) -> Result<(), String> {
     );
     std::fs::remove_dir_all(&run_dir).unwrap();
     std::fs::remove_file(&disk).unwrap();
-    fireclaw::net::tap::delete(tap).map_err(|e| e.to_string())?;
     if exit != ssh::Exit::Code(0) || !out.contains("remembered") || !out.contains("still-running") {
         return Err(format!(
             "restored guest lost its memory: {exit:?} {out:?} {}",
