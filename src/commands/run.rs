@@ -332,3 +332,57 @@ fn fail(mut machine: Machine, message: &str) -> i32 {
     }
     EXIT_FIRECLAW
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::cli::RunArgs, String> {
+        let mut argv = vec!["fireclaw", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Run(r),
+                ..
+            }) => Ok(r),
+            Ok(_) => Err("not run".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn command_words_after_double_dash_are_kept_verbatim() {
+        let r = parse(&[
+            "--vmm", "qemu", "--", "sh", "-c", "exit 7", "--", "--policy",
+        ])
+        .unwrap();
+        assert_eq!(r.command, ["sh", "-c", "exit 7", "--", "--policy"]);
+        assert_eq!(r.vmm, Some(crate::vmm::VmmKind::Qemu));
+        assert_eq!(r.policy, crate::net::policy::Policy::Full);
+        assert_eq!(r.timeout, 300);
+        let r = parse(&["--keep"]).unwrap();
+        assert!(r.keep && r.command.is_empty());
+    }
+
+    #[test]
+    fn hostile_arguments_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (&["uname"][..], "uname"),
+            (&[][..], "CMD"),
+            (&["--cpus", "0", "--", "true"][..], "--cpus"),
+            (&["--cpus", "99", "--", "true"][..], "--cpus"),
+            (&["--cpus", "-1", "--", "true"][..], "-1"),
+            (&["--mem", "10", "--", "true"][..], "--mem"),
+            (&["--mem", "4294967296", "--", "true"][..], "--mem"),
+            (&["--timeout", "0", "--", "true"][..], "--timeout"),
+            (&["--timeout", "1e3", "--", "true"][..], "--timeout"),
+            (&["--policy", "FULL", "--", "true"][..], "--policy"),
+            (&["--policy", "", "--", "true"][..], "--policy"),
+            (&["--vmm", "kvm", "--", "true"][..], "--vmm"),
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} was accepted"));
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}
