@@ -567,3 +567,47 @@ fn the_generated_ngircd_config_runs_a_real_ngircd_that_a_client_can_join() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("unsup", &archive, &digest);
+    std::fs::write(
+        fx.root.join("etc/os-release"),
+        "PRETTY_NAME=\"Fedora Linux 40\"\nID=fedora\nVERSION_ID=40\n",
+    )
+    .expect("os-release");
+    let before = fx.host_state();
+    let out = run(&mut fx.fireclaw(&["provision", "--dry-run"]));
+    assert_eq!(out.status.code(), Some(2), "a blocked dry-run exits 2");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL distribution: Fedora Linux 40"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: fireclaw supports Debian 12/13 and Ubuntu 22.04/24.04"),
+        "{text}"
+    );
+    assert!(text.contains("BLOCKED"), "{text}");
+    let out = run(&mut fx.fireclaw(&["provision"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("preflight failed; nothing was changed"));
+    let out = run(&mut fx.fireclaw(&["doctor"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL distribution"));
+    let json = run(&mut fx.fireclaw(&["doctor", "--json"]));
+    let checks: serde_json::Value = serde_json::from_slice(&json.stdout).expect("doctor JSON");
+    let distro = checks
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "distribution"))
+        .expect("check");
+    assert_eq!(distro["ok"], false);
+    assert!(distro["fix"]
+        .as_str()
+        .is_some_and(|f| f.contains("Debian 12/13")));
+    assert_eq!(fx.host_state(), before);
+}
