@@ -348,7 +348,6 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
         .arg(format!("{}M", r.size_mib))
         .env("E2FSPROGS_FAKE_TIME", opts.source_date_epoch.to_string())
         .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
-        .env("MKE2FS_CONFIG", "/dev/null")
         .output()
         .context("running mkfs.ext4 (install e2fsprogs)")?;
     bar.finish_and_clear();
@@ -370,6 +369,7 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
             last_lines(&text, 10)
         );
     }
+    pin_ctimes(tree, &tmp_image, opts.source_date_epoch)?;
     let bar = step(name, "verifying (e2fsck -fn)");
     let out = Command::new("e2fsck")
         .arg("-fn")
@@ -1090,6 +1090,52 @@ fn clamp_times(tree: &Path, epoch: u64) -> anyhow::Result<()> {
             UtimensatFlags::NoFollowSymlink,
         )
         .with_context(|| format!("setting times on {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// mkfs.ext4 -d (e2fsprogs 1.47.0) copies each file's ctime and atime from the staging tree; ctime
+/// cannot be set from user space and reading a directory (mkfs does) moves its atime, so both are
+/// pinned afterwards with debugfs, in the image file (no mounting). Paths debugfs cannot quote keep their ctime: reproducibility suffers, nothing else.
+fn pin_ctimes(tree: &Path, image: &Path, epoch: u64) -> anyhow::Result<()> {
+    let mut cmds = String::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p)?;
+        if m.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        let rel = p.strip_prefix(tree).unwrap_or(&p);
+        let Some(rel) = rel.to_str() else { continue };
+        if rel.contains(['"', '\\', '\n']) {
+            continue;
+        }
+        for field in ["ctime", "atime"] {
+            cmds.push_str(&format!(
+                "sif \"/{rel}\" {field} @{epoch}\nsif \"/{rel}\" {field}_extra 0\n"
+            ));
+        }
+    }
+    let file = image.with_extension("debugfs");
+    fs::write(&file, cmds)?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&file)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .output();
+    let _ = fs::remove_file(&file);
+    let out = out.context("running debugfs")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        || err
+            .lines()
+            .any(|l| l.starts_with("sif:") || l.contains("not found"))
+    {
+        bail!("debugfs could not pin timestamps: {}", last_lines(&err, 5));
     }
     Ok(())
 }
