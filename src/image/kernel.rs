@@ -106,6 +106,8 @@ pub struct KernelPlan {
     pub build_key: String,
     pub vmlinux: PathBuf,
     pub bzimage: PathBuf,
+    /// The final .config, kept beside the kernel for reference.
+    pub config_path: PathBuf,
     pub manifest_path: PathBuf,
     pub up_to_date: bool,
     pub reason: String,
@@ -167,6 +169,7 @@ pub fn plan_kernel(opts: &BuildOptions) -> anyhow::Result<KernelPlan> {
         build_key,
         vmlinux,
         bzimage,
+        config_path: opts.image_dir.join("kernel.config"),
         manifest_path,
         up_to_date,
         reason,
@@ -357,7 +360,7 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
     };
     let (vm_sha, vm_len) = copy(build.join("vmlinux"), &plan.vmlinux)?;
     let (bz_sha, bz_len) = copy(build.join("arch/x86/boot/bzImage"), &plan.bzimage)?;
-    fs::write(opts.image_dir.join("kernel.config"), &config)?;
+    fs::write(&plan.config_path, &config)?;
     let m = KernelManifest {
         build_key: plan.build_key.clone(),
         source_package: pin.package.clone(),
