@@ -264,7 +264,11 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
     }
     fs::create_dir_all(&opts.image_dir)
         .with_context(|| format!("creating {}", opts.image_dir.display()))?;
-    let staging_dir = opts.cache_dir.join("staging").join(name);
+    // One staging tree per build process, so two builds of the same recipe cannot interleave;
+    // trees left by builds that died are removed here.
+    let staging_root = opts.cache_dir.join("staging");
+    remove_dead_staging(&staging_root, name);
+    let staging_dir = staging_root.join(format!("{name}.{}", std::process::id()));
     if staging_dir.exists() {
         fs::remove_dir_all(&staging_dir)
             .with_context(|| format!("removing stale {}", staging_dir.display()))?;
@@ -325,7 +329,9 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
 
     check_fits(tree, r)?;
 
-    let tmp_image = opts.image_dir.join(format!(".{name}.ext4.partial"));
+    let tmp_image = opts
+        .image_dir
+        .join(format!(".{name}.ext4.{}.partial", std::process::id()));
     let partial = Partial(Some(tmp_image.clone()));
     let _ = fs::remove_file(&tmp_image);
     let fs_uuid = uuid_from(&plan.input_hash, 0);
@@ -424,6 +430,25 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
         &m.sha256[..16]
     );
     Ok(m)
+}
+
+fn remove_dead_staging(staging_root: &Path, name: &str) {
+    let Ok(rd) = fs::read_dir(staging_root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn kernel_ref(opts: &BuildOptions) -> Option<KernelRef> {
