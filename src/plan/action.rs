@@ -94,6 +94,10 @@ pub enum Action {
         description: String,
         /// Files the build creates, removed on uninstall.
         outputs: Vec<String>,
+        /// Directories the builder creates for its own use (staging trees, sources), which did not
+        /// exist when this was planned: removed whole on uninstall.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        scratch: Vec<String>,
     },
 }
 
@@ -126,6 +130,11 @@ pub enum Undo {
     },
     RemoveFiles {
         paths: Vec<String>,
+    },
+    /// Remove files, then directory trees that fireclaw created for itself.
+    RemoveBuild {
+        files: Vec<String>,
+        trees: Vec<String>,
     },
     AptRemove {
         packages: Vec<String>,
@@ -312,16 +321,19 @@ impl Action {
                 },
                 None,
             ),
-            Action::Build { outputs, .. } => (
-                Undo::RemoveFiles {
-                    paths: outputs.clone(),
+            Action::Build {
+                outputs, scratch, ..
+            } => (
+                Undo::RemoveBuild {
+                    files: outputs.clone(),
+                    trees: scratch.clone(),
                 },
                 None,
             ),
         })
     }
 
-    pub fn execute(&self, root: &RootPrefix) -> anyhow::Result<()> {
+    pub fn execute(&self, root: &RootPrefix, config: &crate::config::Config) -> anyhow::Result<()> {
         match self {
             // The engine opens the database itself (it needs the handle); see plan::apply.
             Action::CreateStateDb { .. } => Ok(()),
@@ -360,7 +372,7 @@ impl Action {
             Action::SetSysctl { key, value } => crate::net::sysctl::write(key, value),
             Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
             Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
-            Action::Build { id, .. } => crate::provision::build(root, id),
+            Action::Build { id, .. } => crate::provision::build(root, config, id),
         }
         .with_context(|| format!("failed to {}", self.describe()))
     }
@@ -388,6 +400,10 @@ impl Undo {
             } => format!("restore previous {path} (mode {mode:04o})"),
             Undo::RestoreFile { path, .. } => format!("remove file {path}"),
             Undo::RemoveFiles { paths } => format!("remove {}", paths.join(", ")),
+            Undo::RemoveBuild { files, trees } => {
+                let all: Vec<&str> = files.iter().chain(trees).map(String::as_str).collect();
+                format!("remove {}", all.join(", "))
+            }
             Undo::AptRemove { packages } => format!("apt-get remove -y {}", packages.join(" ")),
             Undo::DeleteLink { name } => format!("ip link delete {name}"),
             Undo::DeleteAddress { link, cidr } => format!("ip address delete {cidr} dev {link}"),
@@ -423,6 +439,14 @@ impl Undo {
             Undo::RemoveFiles { paths } => paths
                 .iter()
                 .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p))),
+            Undo::RemoveBuild { files, trees } => {
+                files
+                    .iter()
+                    .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p)))?;
+                trees
+                    .iter()
+                    .try_for_each(|p| fsops::remove_tree_if_exists(&root.host(p)))
+            }
             Undo::AptRemove { packages } => crate::provision::packages::apt_remove(packages),
             Undo::DeleteLink { name } => crate::net::link::delete(name),
             Undo::DeleteAddress { link, cidr } => crate::net::link::delete_address(link, cidr),
@@ -534,7 +558,9 @@ mod tests {
             systemctl_after: vec![],
         };
         let (undo, backup) = write.prepare_undo(&root).unwrap();
-        write.execute(&root).unwrap();
+        write
+            .execute(&root, &crate::config::Config::default())
+            .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("etc/keep")).unwrap(),
             b"ours\n"
