@@ -59,6 +59,10 @@ and changes nothing; it works without root.")]
     Image(Box<crate::commands::image::ImageArgs>),
     /// Print the configuration in effect (defaults merged with the file), as TOML.
     Config,
+    /// Run one command in a fresh microVM and throw the VM away.
+    Run(RunArgs),
+    /// Remove VMs (process, tap, lease, disk, sockets) left behind by a fireclaw that died.
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +94,69 @@ pub struct UninstallArgs {
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Boot a fresh microVM, run CMD in it over SSH, stream its output, exit with \
+its exit code, and destroy the VM.\n\n\
+Every run gets its own address, tap, disk clone and sockets; any number can run at once. Ctrl-C, \
+SIGTERM, --timeout, a guest that never boots or a VMM that dies all end with the VM removed. \
+Exit codes: the command's own; 124 on timeout; 125 when fireclaw itself failed; 128+N when the \
+command or fireclaw was killed by signal N."
+)]
+pub struct RunArgs {
+    /// Image name (looked up as <image_dir>/NAME.manifest.json) or a path to a manifest.
+    #[arg(long, default_value = "base", value_name = "NAME")]
+    pub image: String,
+    /// Virtual machine monitor. Default: firecracker when installed, else qemu.
+    #[arg(long, value_enum)]
+    pub vmm: Option<crate::vmm::VmmKind>,
+    /// Virtual CPUs (default: pool.vcpus from the configuration).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub cpus: Option<u8>,
+    /// Memory in MiB (default: pool.mem_mib).
+    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub mem: Option<u32>,
+    /// Give up after this many seconds, boot included; the VM is destroyed (exit 124).
+    #[arg(long, value_name = "S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    /// Guest network policy: full (NAT out), local (only the host's IRC port), none.
+    #[arg(long, value_enum, default_value = "full")]
+    pub policy: crate::net::policy::Policy,
+    /// Leave the VM running and print how to reach it (remove it with `fireclaw gc --vm ID`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Boot this kernel instead of the image's.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Boot with this initramfs.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Report boot and exec times on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Report a JSON summary (VM, address, timings, exit code) on stderr at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD", required_unless_present = "keep")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also remove VMs whose fireclaw is still running, and kept VMs.
+    #[arg(long)]
+    pub all: bool,
+    /// Remove only this VM (kept or not).
+    #[arg(long, value_name = "ID")]
+    pub vm: Option<String>,
+    /// List what would be removed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -191,7 +191,7 @@ impl Cache {
             source,
         })?;
         let tmp = tempfile_in(&parent)?;
-        let result = self.download_to(url, pin, tmp.path());
+        let result = self.download_to(url, pin, &tmp);
         match result {
             Ok(()) => {
                 tmp.persist(&final_path).map_err(|e| FetchError::Io {
@@ -242,12 +242,42 @@ impl Cache {
     }
 }
 
-fn tempfile_in(dir: &Path) -> Result<tempfile_lite::TempPath, FetchError> {
-    tempfile_lite::TempPath::new_in(dir).map_err(|source| FetchError::Io {
-        what: "creating temporary file in",
-        path: dir.to_path_buf(),
-        source,
-    })
+/// Prefix of in-progress downloads; the writer's pid follows, so leftovers of a killed process
+/// can be told from a download that is still running.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+fn tempfile_in(dir: &Path) -> Result<tempfile::TempPath, FetchError> {
+    remove_stale_partials(dir);
+    tempfile::Builder::new()
+        .prefix(&format!("{PARTIAL_PREFIX}{}-", std::process::id()))
+        .tempfile_in(dir)
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .map_err(|source| FetchError::Io {
+            what: "creating temporary file in",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Deletes partial downloads whose writer no longer runs (killed mid-download: its drop never ran).
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PARTIAL_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn open_url(url: &str) -> Result<(Box<dyn Read>, Option<u64>), FetchError> {
@@ -290,64 +320,6 @@ fn progress_bar(len: Option<u64>, url: &str) -> ProgressBar {
     };
     bar.set_message(format!("download {name}"));
     bar
-}
-
-/// A temporary file path removed on drop unless persisted; avoids a runtime dependency on
-/// `tempfile` (a dev-dependency only).
-mod tempfile_lite {
-    use std::fs;
-    use std::io;
-    use std::path::{Path, PathBuf};
-
-    pub struct TempPath {
-        path: Option<PathBuf>,
-    }
-
-    pub struct PersistError {
-        pub error: io::Error,
-    }
-
-    impl TempPath {
-        pub fn new_in(dir: &Path) -> io::Result<TempPath> {
-            for attempt in 0..100u32 {
-                let name = format!(".partial-{}-{}-{}", std::process::id(), nanos(), attempt);
-                let p = dir.join(name);
-                match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
-                    Ok(_) => return Ok(TempPath { path: Some(p) }),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(io::Error::other("could not create a unique temporary file"))
-        }
-
-        pub fn path(&self) -> &Path {
-            self.path.as_deref().unwrap_or(Path::new(""))
-        }
-
-        pub fn persist(mut self, to: &Path) -> Result<(), PersistError> {
-            let from = self.path.take().unwrap_or_default();
-            fs::rename(&from, to).map_err(|error| {
-                let _ = fs::remove_file(&from);
-                PersistError { error }
-            })
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            if let Some(p) = self.path.take() {
-                let _ = fs::remove_file(p);
-            }
-        }
-    }
-
-    fn nanos() -> u128 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

@@ -13,4 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod root;
 pub mod state;
+pub mod storage;
 pub mod template;
+pub mod vm;
+pub mod vmm;

@@ -15,6 +15,8 @@ fn main() {
         Command::Doctor(a) => commands::doctor::run(&env, a),
         Command::Status(a) => commands::status::run(&env, a),
         Command::Image(a) => commands::image::run(&env, a),
+        Command::Run(a) => commands::run::run(&env, a),
+        Command::Gc(a) => commands::gc::run(&env, a),
         Command::Config => {
             print!("{}", toml::to_string_pretty(&env.config)?);
             Ok(0)

@@ -1,8 +1,10 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
 pub mod doctor;
+pub mod gc;
 pub mod image;
 pub mod provision;
+pub mod run;
 pub mod status;
 pub mod uninstall;
 

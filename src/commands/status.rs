@@ -20,6 +20,7 @@ struct Status {
     unit_file: bool,
     /// `systemctl is-enabled` when systemd runs; `None` otherwise.
     unit_enabled: Option<bool>,
+    vms: Vec<crate::vm::record::VmRecord>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +73,10 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         unit_file: env.root.host(&unit).exists(),
         unit_enabled: provision::systemd_active(&env.root)
             .then(|| provision::systemd::is_enabled(provision::systemd::UNIT_NAME)),
+        vms: match &db {
+            Some(db) => crate::vm::record::list(db).unwrap_or_default(),
+            None => Vec::new(),
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -130,6 +135,7 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
             None => "",
         }
     );
+    super::gc::print_vms(&status.vms);
     Ok(0)
 }
 

@@ -1,8 +1,11 @@
 //! Host networking: links and addresses over rtnetlink, fireclaw's nftables table, sysctls.
 
+pub mod lease;
 pub mod link;
 pub mod nft;
+pub mod policy;
 pub mod sysctl;
+pub mod tap;
 
 use std::net::Ipv4Addr;
 

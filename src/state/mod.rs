@@ -31,6 +31,32 @@ const MIGRATIONS: &[&str] = &[
         completed_at INTEGER NOT NULL
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: running VMs and their IP leases. A VM row is written before any of its resources exist
+    // and names all of them (tap, run dir, planned disk path), so a crash at any point leaves a
+    // record `fireclaw gc` can clean up from. `owner_pid`/`owner_start` identify the fireclaw
+    // process that owns the VM (start time guards against pid reuse); both are NULL for `--keep`.
+    // `ip` is the IPv4 address as an integer; the primary key makes a double lease impossible.
+    "CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        vmm TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'running', 'kept', 'destroying')),
+        owner_pid INTEGER,
+        owner_start INTEGER,
+        vmm_pid INTEGER,
+        tap TEXT NOT NULL,
+        ip INTEGER,
+        run_dir TEXT NOT NULL,
+        disk_planned TEXT NOT NULL,
+        disk TEXT,
+        policy TEXT NOT NULL,
+        image TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE leases (
+        ip INTEGER PRIMARY KEY,
+        vm_id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -120,22 +146,35 @@ impl Db {
     }
 
     fn migrate(&self) -> Result<(), StateError> {
-        let version = self.schema_version()?;
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StateError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                known: MIGRATIONS.len(),
-            });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let next = index + 1;
-            let batch = format!("BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;");
-            self.conn
-                .execute_batch(&batch)
-                .map_err(|e| sqlite(&self.path, e))?;
-        }
-        Ok(())
+        // IMMEDIATE takes the write lock before the version is read: concurrent first opens
+        // (parallel `fireclaw run`s on a fresh host) wait here, then see the finished schema
+        // instead of both running migration 1.
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| sqlite(&self.path, e))?;
+        let result = (|| {
+            let version = self.schema_version()?;
+            if version > MIGRATIONS.len() as i64 {
+                return Err(StateError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    known: MIGRATIONS.len(),
+                });
+            }
+            for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                let next = index + 1;
+                self.conn
+                    .execute_batch(&format!("{sql}; PRAGMA user_version = {next};"))
+                    .map_err(|e| sqlite(&self.path, e))?;
+            }
+            Ok(())
+        })();
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self
+            .conn
+            .execute_batch(end)
+            .map_err(|e| sqlite(&self.path, e));
+        result.and(ended)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
@@ -203,6 +242,23 @@ mod tests {
         assert_eq!(db.meta("k").unwrap().as_deref(), Some("v"));
         let ro = Db::open_read_only(&path).unwrap().unwrap();
         assert_eq!(ro.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn concurrent_first_opens_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || Db::open(&p).map(drop).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
     }
 
     #[test]

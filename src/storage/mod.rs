@@ -1,0 +1,79 @@
+//! Per-VM root disks. Every VM boots from its own copy-on-write view of an image, made by a
+//! [`DiskEngine`]: reflink/sparse copies first ([`clone::CloneEngine`]); dm-thin snapshots plug in
+//! behind the same trait. What an engine made is described by a [`VmDisk`], which the state database
+//! records before the disk exists so that `fireclaw gc` can remove it after a crash.
+
+pub mod clone;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("image {path} cannot be read: {source}")]
+    Image {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create VM disk {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove VM disk {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VM id {0:?} is not usable in a file name (expected letters, digits, `-`)")]
+    BadId(String),
+    #[error("disk record belongs to engine {found:?}, not {expected:?}")]
+    WrongEngine { expected: String, found: String },
+}
+
+/// How a disk was made; reported by `--verbose` and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloneMethod {
+    /// Shared extents (FICLONE): O(1) in the image size.
+    Reflink,
+    /// Data ranges copied, holes kept: O(allocated bytes).
+    SparseCopy,
+    /// A device-mapper thin snapshot.
+    ThinSnapshot,
+}
+
+/// One VM's disk as an engine made it. Serialized into the `vms` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    /// Engine name (`clone`, `thin`): which engine must destroy it.
+    pub engine: String,
+    /// What the VMM opens: a file or a block device.
+    pub path: PathBuf,
+    pub method: CloneMethod,
+    /// Engine-specific handle (a dm device name, a thin id); empty for plain files.
+    #[serde(default)]
+    pub handle: String,
+}
+
+/// Makes and removes per-VM disks. Implementations must be idempotent on `destroy` (a disk that
+/// is already gone is not an error): cleanup after a crash may run it twice.
+pub trait DiskEngine: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Where the disk for `vm_id` will live, known before it is made so it can be recorded first.
+    fn planned_path(&self, vm_id: &str) -> Result<PathBuf, StorageError>;
+    fn clone_for_vm(&self, image: &Path, vm_id: &str) -> Result<VmDisk, StorageError>;
+    fn destroy(&self, disk: &VmDisk) -> Result<(), StorageError>;
+}
+
+/// VM ids become file and device names: keep them to a safe alphabet.
+pub fn check_id(vm_id: &str) -> Result<(), StorageError> {
+    if vm_id.is_empty()
+        || vm_id.len() > 64
+        || !vm_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(StorageError::BadId(vm_id.to_string()));
+    }
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! One machine's life: lease an address, clone the disk, make the tap, apply the policy, start the
+//! VMM, wait for SSH, run commands, and tear all of it down again on every exit path.
+//!
+//! Ordering is what makes crashes recoverable: the `vms` row naming every resource (tap, run dir,
+//! planned disk path) is written first, each resource is recorded as it is made, and teardown
+//! removes them in reverse and is idempotent. [`Machine`]'s `Drop` tears down whatever a failed
+//! or cancelled run left; [`gc`] does the same from the database after fireclaw itself died.
+
+pub mod image;
+pub mod record;
+pub mod ssh;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::net::policy::{self, Policy, VmRules};
+use crate::net::{lease, tap, Ipv4Cidr};
+use crate::root::RootPrefix;
+use crate::state::Db;
+use crate::storage::clone::CloneEngine;
+use crate::storage::{DiskEngine, VmDisk};
+use crate::vmm::{self, Boot, Instance, VmSpec, VmmKind};
+use image::ImageSpec;
+use record::VmRecord;
+
+/// Host-side context every machine needs.
+#[derive(Clone)]
+pub struct Host {
+    pub root: RootPrefix,
+    pub config: Config,
+    pub db_path: PathBuf,
+}
+
+impl Host {
+    pub fn db(&self) -> anyhow::Result<Db> {
+        Db::open(&self.db_path).with_context(|| "opening the state database")
+    }
+
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.root
+            .host(&self.config.paths.run_dir)
+            .join("vms")
+            .join(id)
+    }
+
+    pub fn disk_engine(&self) -> Box<dyn DiskEngine> {
+        Box::new(CloneEngine::new(
+            self.root.host(&self.config.paths.state_dir).join("disks"),
+        ))
+    }
+
+    /// The engine that made `disk`, by the name recorded with it.
+    pub fn disk_engine_for(&self, disk: &VmDisk) -> Option<Box<dyn DiskEngine>> {
+        let engine = self.disk_engine();
+        (engine.name() == disk.engine).then_some(engine)
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.root
+            .host(&self.config.paths.config_dir)
+            .join("id_ed25519")
+    }
+
+    pub fn bridge_cidr(&self) -> anyhow::Result<Ipv4Cidr> {
+        Ipv4Cidr::parse(&self.config.network.address).map_err(anyhow::Error::msg)
+    }
+}
+
+/// What to run.
+#[derive(Clone)]
+pub struct LaunchOptions {
+    pub vmm: VmmKind,
+    pub vcpus: u8,
+    pub mem_mib: u32,
+    pub policy: Policy,
+    pub image: ImageSpec,
+    pub boot: Boot,
+}
+
+/// A fresh VM id: 12 hex digits, random, so concurrent runs never pick the same names.
+pub fn new_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// The guest's kernel command line. `ip=` in the kernel's own format
+/// (`client::gateway:netmask:hostname:device:autoconf`), which a kernel with CONFIG_IP_PNP applies
+/// itself and fireclaw's guest init applies otherwise.
+pub fn kernel_cmdline(ip: Ipv4Addr, bridge: &Ipv4Cidr, vmm: VmmKind, extra: &str) -> String {
+    let mask = Ipv4Addr::from(bridge.mask());
+    // console on the first serial port (captured for error messages); reboot=k and panic=1 turn a
+    // guest crash into a VMM exit fireclaw notices; trust_cpu seeds the RNG at once so the SSH
+    // server does not stall on entropy.
+    let mut s = format!(
+        "console=ttyS0 reboot=k panic=1 root=/dev/vda rw random.trust_cpu=on quiet ip={ip}::{}:{mask}::eth0:off",
+        bridge.addr
+    );
+    if vmm == VmmKind::Qemu {
+        // Debian kernels can hang calibrating the TSC under emulation; tell them its rate.
+        if let Some(khz) = host_tsc_khz() {
+            s.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    if !extra.trim().is_empty() {
+        s.push(' ');
+        s.push_str(extra.trim());
+    }
+    s
+}
+
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
+}
+
+/// A machine and everything it holds.
+pub struct Machine {
+    host: Host,
+    pub id: String,
+    pub ip: Option<Ipv4Addr>,
+    pub tap: String,
+    pub run_dir: PathBuf,
+    pub disk: Option<VmDisk>,
+    pub policy: Policy,
+    pub image: ImageSpec,
+    instance: Option<Box<dyn Instance>>,
+    recorded: bool,
+    tap_made: bool,
+    finished: bool,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub clone_ms: u64,
+    pub vmm_start_ms: u64,
+    pub boot_to_ssh_ms: u64,
+}
+
+impl Machine {
+    /// Makes every resource and starts the VMM. On error, whatever was made is torn down before
+    /// the error is returned.
+    pub fn create(host: &Host, opts: &LaunchOptions) -> anyhow::Result<Machine> {
+        let id = new_id();
+        let mut m = Machine {
+            host: host.clone(),
+            tap: tap::tap_name(&id),
+            run_dir: host.run_dir(&id),
+            id,
+            ip: None,
+            disk: None,
+            policy: opts.policy,
+            image: opts.image.clone(),
+            instance: None,
+            recorded: false,
+            tap_made: false,
+            finished: false,
+            timings: Timings::default(),
+        };
+        match m.build(opts) {
+            Ok(()) => Ok(m),
+            Err(e) => {
+                let cleanup = m.destroy();
+                if cleanup.is_empty() {
+                    Err(e)
+                } else {
+                    Err(e.context(format!("and cleanup failed: {}", cleanup.join("; "))))
+                }
+            }
+        }
+    }
+
+    fn build(&mut self, opts: &LaunchOptions) -> anyhow::Result<()> {
+        let host = self.host.clone();
+        let db = host.db()?;
+        let engine = host.disk_engine();
+        let bridge = host.bridge_cidr()?;
+        record::insert(
+            &db,
+            &VmRecord {
+                id: self.id.clone(),
+                vmm: opts.vmm.as_str().into(),
+                state: "creating".into(),
+                owner_pid: Some(std::process::id() as i64),
+                owner_start: record::process_start_time(std::process::id()),
+                vmm_pid: None,
+                tap: self.tap.clone(),
+                ip: None,
+                run_dir: self.run_dir.clone(),
+                disk_planned: engine.planned_path(&self.id)?,
+                disk: None,
+                policy: opts.policy.as_str().into(),
+                image: opts.image.name.clone(),
+                created_at: 0,
+            },
+        )
+        .context("recording the VM")?;
+        self.recorded = true;
+
+        let l = lease::allocate(&db, &bridge, &self.id)?;
+        self.ip = Some(l.ip);
+        record::set_ip(&db, &self.id, l.ip)?;
+
+        let t = Instant::now();
+        let disk = engine
+            .clone_for_vm(&opts.image.rootfs, &self.id)
+            .context("cloning the root disk")?;
+        self.timings.clone_ms = t.elapsed().as_millis() as u64;
+        record::set_disk(&db, &self.id, &disk)?;
+        self.disk = Some(disk.clone());
+
+        std::fs::create_dir_all(&self.run_dir)
+            .with_context(|| format!("creating {}", self.run_dir.display()))?;
+
+        self.tap_made = true;
+        tap::create(&self.tap, &host.config.network.bridge)?;
+        policy::install(&VmRules {
+            table: &host.config.network.nft_table,
+            bridge: &host.config.network.bridge,
+            bridge_ip: bridge.addr,
+            irc_port: host.config.irc.port,
+            tap: &self.tap,
+            guest_ip: l.ip,
+            policy: opts.policy,
+        })?;
+
+        let spec = VmSpec {
+            id: self.id.clone(),
+            vcpus: opts.vcpus,
+            mem_mib: opts.mem_mib,
+            kernel: opts.image.kernel.clone(),
+            initrd: opts.image.initrd.clone(),
+            cmdline: kernel_cmdline(l.ip, &bridge, opts.vmm, &opts.image.cmdline_extra),
+            root_disk: disk.path.clone(),
+            tap: self.tap.clone(),
+            mac: lease::mac_for(l.ip),
+            run_dir: self.run_dir.clone(),
+            boot: opts.boot.clone(),
+        };
+        let t = Instant::now();
+        let inst =
+            vmm::engine(opts.vmm, &host.root.host(&host.config.paths.bin_dir)).start(&spec)?;
+        self.timings.vmm_start_ms = t.elapsed().as_millis() as u64;
+        record::set_vmm_pid(&db, &self.id, inst.pid())?;
+        self.instance = Some(inst);
+        Ok(())
+    }
+
+    pub fn ssh_target(&self) -> anyhow::Result<ssh::Target> {
+        let ip = self.ip.context("VM has no address")?;
+        let key = ssh::load_private_key(&self.host.key_path())?;
+        Ok(ssh::Target {
+            addr: SocketAddr::new(ip.into(), 22),
+            user: self.image.user.clone(),
+            key: Arc::new(key),
+            host_key: self.image.host_key.clone(),
+        })
+    }
+
+    /// `Some(reason)` once the VMM process has died.
+    pub fn vmm_exited(&mut self) -> Option<String> {
+        self.instance.as_mut().and_then(|i| i.exited())
+    }
+
+    pub fn console_tail(&self) -> String {
+        self.instance
+            .as_ref()
+            .map(|i| i.console_tail())
+            .unwrap_or_default()
+    }
+
+    pub fn instance(&mut self) -> Option<&mut (dyn Instance + 'static)> {
+        self.instance.as_deref_mut()
+    }
+
+    /// Leaves the machine running after fireclaw exits; `fireclaw gc --vm ID` removes it.
+    pub fn keep(mut self) -> anyhow::Result<()> {
+        let db = self.host.db()?;
+        record::set_kept(&db, &self.id)?;
+        // Forget the process handle without killing it.
+        if let Some(inst) = self.instance.take() {
+            std::mem::forget(inst);
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Tears everything down, in reverse order of creation. Returns what could not be removed.
+    pub fn destroy(&mut self) -> Vec<String> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        let mut errors = Vec::new();
+        if let Some(mut inst) = self.instance.take() {
+            if let Err(e) = inst.kill() {
+                errors.push(e.to_string());
+            }
+        }
+        let db = match self.host.db() {
+            Ok(db) => Some(db),
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                None
+            }
+        };
+        teardown(
+            &self.host,
+            &Resources {
+                id: &self.id,
+                tap: self.tap_made.then_some(self.tap.as_str()),
+                run_dir: &self.run_dir,
+                disk: self.disk.as_ref(),
+                planned_disk: None,
+            },
+            db.as_ref().filter(|_| self.recorded),
+            &mut errors,
+        );
+        errors
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        for e in self.destroy() {
+            eprintln!("warning: cleanup of VM {}: {e}", self.id);
+        }
+    }
+}
+
+struct Resources<'a> {
+    id: &'a str,
+    tap: Option<&'a str>,
+    run_dir: &'a Path,
+    disk: Option<&'a VmDisk>,
+    /// For a crash mid-clone: the file the clone engine was writing.
+    planned_disk: Option<&'a Path>,
+}
+
+fn teardown(host: &Host, r: &Resources, db: Option<&Db>, errors: &mut Vec<String>) {
+    if let Some(t) = r.tap {
+        if let Err(e) = policy::remove(&host.config.network.nft_table, t) {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = tap::delete(t) {
+            errors.push(e.to_string());
+        }
+    }
+    match r.disk {
+        Some(d) => match host.disk_engine_for(d) {
+            Some(engine) => {
+                if let Err(e) = engine.destroy(d) {
+                    errors.push(e.to_string());
+                }
+            }
+            None => errors.push(format!(
+                "disk {} was made by engine {:?}, which this fireclaw does not have",
+                d.path.display(),
+                d.engine
+            )),
+        },
+        None => {
+            if let Some(p) = r.planned_disk {
+                match std::fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => errors.push(format!("removing {}: {e}", p.display())),
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir_all(r.run_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("removing {}: {e}", r.run_dir.display())),
+    }
+    if let Some(db) = db {
+        if let Err(e) = lease::release(db, r.id) {
+            errors.push(e.to_string());
+        }
+        // The row goes last and only when everything else went: a failed teardown stays visible
+        // to `status` and `gc`.
+        if errors.is_empty() {
+            if let Err(e) = record::delete(db, r.id) {
+                errors.push(e.to_string());
+            }
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (a VM's run dir): the VMM, even if its pid was
+/// never recorded because fireclaw died between spawning it and writing the pid.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn kill_and_wait(pid: u32) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGKILL);
+    let start = Instant::now();
+    // Not our child (fireclaw that spawned it is gone): poll until the kernel has removed it.
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        if zombie {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("process {pid} did not die after SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// What `gc` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub removed: Vec<String>,
+    pub kept_running: Vec<String>,
+    pub errors: Vec<String>,
+    pub orphan_leases: usize,
+}
+
+/// Cleans up VMs whose owner is gone. `all` also removes VMs whose owner lives and kept VMs;
+/// `only` restricts to one VM id.
+pub fn gc(host: &Host, all: bool, only: Option<&str>) -> anyhow::Result<GcReport> {
+    let db = host.db()?;
+    let mut report = GcReport::default();
+    for r in record::list(&db)? {
+        if only.is_some_and(|id| id != r.id) {
+            continue;
+        }
+        // A kept VM is alive while a process still mentions its run dir (its VMM).
+        let kept_alive =
+            r.state == "kept" && !processes_mentioning(&r.run_dir.to_string_lossy()).is_empty();
+        let collect = all || only.is_some() || (!record::owner_alive(&r) && !kept_alive);
+        if !collect {
+            if r.state == "kept" {
+                report.kept_running.push(r.id.clone());
+            }
+            continue;
+        }
+        let mut errors = Vec::new();
+        // The run dir is unique to this VM, so a process mentioning it is this VM's VMM.
+        for pid in processes_mentioning(&r.run_dir.to_string_lossy()) {
+            if let Err(e) = kill_and_wait(pid) {
+                errors.push(e);
+            }
+        }
+        teardown(
+            host,
+            &Resources {
+                id: &r.id,
+                tap: Some(&r.tap),
+                run_dir: &r.run_dir,
+                disk: r.disk.as_ref(),
+                planned_disk: Some(&r.disk_planned),
+            },
+            Some(&db),
+            &mut errors,
+        );
+        if errors.is_empty() {
+            report.removed.push(r.id.clone());
+        } else {
+            report
+                .errors
+                .extend(errors.into_iter().map(|e| format!("VM {}: {e}", r.id)));
+        }
+    }
+    if only.is_none() {
+        // Leases whose VM row is gone (a crash between the two deletes).
+        report.orphan_leases = db.conn().execute(
+            "DELETE FROM leases WHERE vm_id NOT IN (SELECT id FROM vms)",
+            [],
+        )?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_distinct_and_name_safe() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 12);
+            assert!(crate::storage::check_id(id).is_ok());
+            assert!(crate::net::validate_ifname(&tap::tap_name(id)).is_ok());
+        }
+    }
+
+    #[test]
+    fn cmdline_carries_guest_addressing() {
+        let b = Ipv4Cidr::parse("172.16.0.1/24").unwrap();
+        let c = kernel_cmdline(
+            Ipv4Addr::new(172, 16, 0, 7),
+            &b,
+            VmmKind::Firecracker,
+            " init=/sbin/init ",
+        );
+        assert!(
+            c.contains("ip=172.16.0.7::172.16.0.1:255.255.255.0::eth0:off"),
+            "{c}"
+        );
+        assert!(c.ends_with(" init=/sbin/init"));
+        assert!(!c.contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn gc_of_a_crashed_creation_removes_planned_disk_lease_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.network.nft_table = "fireclaw_test_absent".into();
+        let host = Host {
+            root: RootPrefix::new(dir.path()),
+            config,
+            db_path: dir.path().join("state.db"),
+        };
+        let db = host.db().unwrap();
+        let id = "deadbeef0001";
+        let planned = host.disk_engine().planned_path(id).unwrap();
+        std::fs::create_dir_all(planned.parent().unwrap()).unwrap();
+        std::fs::write(&planned, b"half a clone").unwrap();
+        let run_dir = host.run_dir(id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        record::insert(
+            &db,
+            &VmRecord {
+                id: id.into(),
+                vmm: "qemu".into(),
+                state: "creating".into(),
+                // A pid that cannot exist: the owner is dead.
+                owner_pid: Some(i64::from(i32::MAX)),
+                owner_start: Some(1),
+                vmm_pid: None,
+                tap: "fc-gc-test-x".into(),
+                ip: None,
+                run_dir: run_dir.clone(),
+                disk_planned: planned.clone(),
+                disk: None,
+                policy: "full".into(),
+                image: "x".into(),
+                created_at: 0,
+            },
+        )
+        .unwrap();
+        lease::allocate(&db, &host.bridge_cidr().unwrap(), id).unwrap();
+        lease::allocate(&db, &host.bridge_cidr().unwrap(), "orphan").unwrap();
+        let report = gc(&host, false, None).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.removed, vec![id.to_string()]);
+        assert_eq!(report.orphan_leases, 1);
+        assert!(!planned.exists() && !run_dir.exists());
+        assert!(lease::list(&db).unwrap().is_empty());
+        assert!(record::list(&db).unwrap().is_empty());
+    }
+}

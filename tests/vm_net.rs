@@ -1,0 +1,99 @@
+//! Taps and per-VM nftables rules against the real kernel, in a private namespace, without a
+//! guest. Tier `host`: needs root, ip and nft.
+
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use fireclaw::net::policy::{self, Policy, VmRules};
+use fireclaw::net::tap;
+
+#[test]
+fn tap_on_bridge_and_policy_rules_come_and_go() {
+    if !prerequisites("host", false) {
+        return;
+    }
+    let ns = Netns::new("net");
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let t = tap::tap_name("0123456789abcdef");
+        tap::create(&t, "fcbr0").unwrap();
+        let link = sh_ok(&format!("ip -n {name} -d link show {t}"));
+        assert!(
+            link.contains("master fcbr0") && link.contains("tun"),
+            "{link}"
+        );
+        assert!(tap::list_fireclaw_taps().unwrap().contains(&t));
+        assert!(tap::create("fc-nobridge", "nosuchbr")
+            .unwrap_err()
+            .to_string()
+            .contains("nosuchbr"));
+        assert!(!tap::list_fireclaw_taps()
+            .unwrap()
+            .contains(&"fc-nobridge".to_string()));
+
+        for p in [Policy::Local, Policy::None] {
+            let rules = VmRules {
+                table: "fireclaw",
+                bridge: "fcbr0",
+                bridge_ip: "172.16.0.1".parse().unwrap(),
+                irc_port: 6667,
+                tap: &t,
+                guest_ip: "172.16.0.9".parse().unwrap(),
+                policy: p,
+            };
+            policy::install(&rules).unwrap();
+            // Idempotent: a second install leaves one jump.
+            policy::install(&rules).unwrap();
+            let listed = sh_ok(&format!(
+                "ip netns exec {name} nft list table inet fireclaw"
+            ));
+            assert_eq!(
+                listed.matches("jump vm_fc_0123456789ab").count(),
+                1,
+                "{listed}"
+            );
+            assert_eq!(listed.matches("jump guest_egress").count(), 2, "{listed}");
+            assert_eq!(
+                listed.contains("tcp dport 6667 accept"),
+                p == Policy::Local,
+                "{listed}"
+            );
+            policy::remove("fireclaw", &t).unwrap();
+            policy::remove("fireclaw", &t).unwrap();
+            let listed = sh_ok(&format!(
+                "ip netns exec {name} nft list table inet fireclaw"
+            ));
+            assert!(
+                !listed.contains("vm_fc_") && !listed.contains("fc:"),
+                "{listed}"
+            );
+        }
+        // Without the table, restrictive policies refuse instead of running the VM open.
+        sh_ok(&format!(
+            "ip netns exec {name} nft delete table inet fireclaw"
+        ));
+        let err = policy::install(&VmRules {
+            table: "fireclaw",
+            bridge: "fcbr0",
+            bridge_ip: "172.16.0.1".parse().unwrap(),
+            irc_port: 6667,
+            tap: &t,
+            guest_ip: "172.16.0.9".parse().unwrap(),
+            policy: Policy::None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fireclaw provision"), "{err}");
+        policy::remove("fireclaw", &t).unwrap();
+
+        tap::delete(&t).unwrap();
+        tap::delete(&t).unwrap();
+        assert!(tap::list_fireclaw_taps().unwrap().is_empty());
+    })
+    .join()
+    .unwrap();
+}
