@@ -364,7 +364,7 @@ impl Config {
             ));
         }
         let t = &self.thinpool;
-        if !(128..=2_097_152).contains(&t.block_sectors) || t.block_sectors % 128 != 0 {
+        if !(128..=2_097_152).contains(&t.block_sectors) || !t.block_sectors.is_multiple_of(128) {
             return Err(invalid(
                 "thinpool.block_sectors",
                 format!(

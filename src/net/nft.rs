@@ -125,7 +125,7 @@ pub fn table_matches(listed: &str, ruleset: &str) -> bool {
             .filter(|l| !l.is_empty() && !l.starts_with("delete table"))
             // The first two script lines (`table inet x` / `delete table inet x`) only make the
             // replace atomic; the listing starts at `table inet x {`.
-            .filter(|l| !(l.starts_with("table ") && !l.ends_with('{')))
+            .filter(|l| !l.starts_with("table ") || l.ends_with('{'))
             .collect()
     }
     canon(listed) == canon(ruleset)
