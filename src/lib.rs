@@ -12,4 +12,5 @@ pub mod plan;
 pub mod provision;
 pub mod root;
 pub mod state;
+pub mod storage;
 pub mod template;
