@@ -766,7 +766,13 @@ impl<'a> ThinEngine<'a> {
     }
 
     fn teardown_snapshot(&self, row: &SnapshotRow) -> Result<(), ThinError> {
-        self.remove_device(&self.spec.vm_dm_name(&row.vm_id))?;
+        let name = self.spec.vm_dm_name(&row.vm_id);
+        if row.active && self.device_exists(&name)? {
+            // Deleting a thin id frees its blocks in the pool but tells the loop device nothing;
+            // a discard first lets dm-thin pass it down, so the sparse file shrinks on the host.
+            discard_whole(&name, row.size_sectors * 512);
+        }
+        self.remove_device(&name)?;
         self.delete_id(row.dev_id)?;
         store::delete_snapshot(self.db, &self.spec.name, row.dev_id)?;
         Ok(())
@@ -846,6 +852,31 @@ impl<'a> ThinEngine<'a> {
         }
         let _ = std::fs::remove_dir(&self.spec.dir);
         Ok(())
+    }
+}
+
+nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
+
+/// Best effort: a failed discard only means the host file keeps its blocks until reused.
+fn discard_whole(name: &str, bytes: u64) {
+    let path = PathBuf::from(format!("/dev/mapper/{name}"));
+    let dev = if path.exists() {
+        Some(path)
+    } else {
+        DM::new().ok().and_then(|dm| {
+            let n = DmName::new(name).ok()?;
+            let info = dm.device_info(&DevId::Name(n)).ok()?;
+            Some(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
+        })
+    };
+    let Some(dev) = dev else { return };
+    let Ok(file) = OpenOptions::new().write(true).open(&dev) else {
+        return;
+    };
+    let range = [0u64, bytes];
+    // SAFETY: BLKDISCARD reads two u64s (offset, length) from the pointer, which outlives the call.
+    if let Err(e) = unsafe { blkdiscard(std::os::fd::AsRawFd::as_raw_fd(&file), &range) } {
+        tracing::debug!("discard of {} failed: {e}", dev.display());
     }
 }
 
