@@ -55,6 +55,9 @@ and changes nothing; it works without root.")]
     Doctor(JsonFlag),
     /// Show what provision has done: steps, bridge, ngircd, unit.
     Status(JsonFlag),
+    /// Delete what crashed runs left behind: thin VM disks whose owner process is gone, half-made
+    /// disks and image volumes nothing uses. Re-activates the pool first if needed.
+    Gc(JsonFlag),
     /// Print the configuration in effect (defaults merged with the file), as TOML.
     Config,
 }

@@ -1,6 +1,7 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
 pub mod doctor;
+pub mod gc;
 pub mod provision;
 pub mod status;
 pub mod uninstall;

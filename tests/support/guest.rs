@@ -626,7 +626,8 @@ pub fn run_in_guest(spec: &GuestSpec) -> Result<GuestOutcome, GuestError> {
         polls += 1;
         // Once the guest has reported, its exit is a formality: a reset with dm/loop devices still
         // set up was seen to stall QEMU for minutes, so do not wait on it.
-        if reported_at.is_none() && polls.is_multiple_of(10) && read_console().contains(EXIT_MARKER) {
+        if reported_at.is_none() && polls.is_multiple_of(10) && read_console().contains(EXIT_MARKER)
+        {
             reported_at = Some(Instant::now());
         }
         if reported_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {

@@ -222,14 +222,18 @@ pub fn choose_engine(config: &Config) -> EngineChoice {
     }
 }
 
-/// Device-mapper reachable and the thin-pool target present (loaded, or loadable as a module).
+/// Device-mapper and the thin-pool target present (loaded, built in, or installable as modules).
+/// Looks at files only, so it answers the same without root (dry-run must plan what root applies).
 pub fn probe_device_mapper() -> Result<(), ThinError> {
-    let dm = open_dm()?;
-    let has_target = dm
-        .list_versions()
-        .map(|v| v.iter().any(|(name, ..)| name == "thin-pool"))
-        .unwrap_or(false);
-    if has_target || module_installed("dm-thin-pool") {
+    let dm = Path::new("/dev/mapper/control").exists()
+        || Path::new("/sys/module/dm_mod").exists()
+        || module_installed("dm-mod");
+    if !dm {
+        return Err(ThinError::NoDeviceMapper {
+            detail: "no /dev/mapper/control and no dm-mod module for this kernel".into(),
+        });
+    }
+    if Path::new("/sys/module/dm_thin_pool").exists() || module_installed("dm-thin-pool") {
         Ok(())
     } else {
         Err(ThinError::MissingTarget)

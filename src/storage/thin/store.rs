@@ -87,6 +87,19 @@ fn snapshot(r: &Row) -> rusqlite::Result<SnapshotRow> {
     })
 }
 
+/// False on a database older than migration 3 opened read-only (dry-run, status): then no pool
+/// was ever recorded in it.
+pub fn has_tables(db: &Db) -> Result<bool, StateError> {
+    db.conn()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'thin_pools'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(err(db))
+}
+
 pub fn pool(db: &Db, name: &str) -> Result<Option<PoolRow>, StateError> {
     db.conn()
         .query_row(
