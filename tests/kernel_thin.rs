@@ -476,3 +476,128 @@ fn bench_thin_snapshot_vs_copy_in_guest() {
     );
     engine.destroy_pool().expect("destroy pool");
 }
+
+/// The provisioning path end to end, with fireclaw's own plan engine and commands: the thinpool
+/// step plans, applies and journals the pool and the image import; a second plan is empty; after a
+/// simulated reboot `fireclaw gc` re-activates the pool from the state database; a rebuilt image
+/// gets a new volume; uninstall reverses the journal and leaves no device or file.
+#[test]
+fn provision_journal_and_uninstall_in_guest() {
+    use fireclaw::plan::{self, apply, Ctx, Selection, Step};
+    use fireclaw::provision::{artifacts, state_db};
+    use fireclaw::root::RootPrefix;
+
+    if !guest::in_guest() {
+        return guest::reinvoke_in_guest(
+            "provision_journal_and_uninstall_in_guest",
+            "kernel",
+            |s| s.modules(MODULES.iter().copied()).memory_mib(1024, 400),
+        );
+    }
+    let tmp = tempfile::tempdir().expect("scratch");
+    let root = RootPrefix::new(tmp.path());
+    let mut config = fireclaw::config::Config::default();
+    config.thinpool.data_mib = 128;
+    config.thinpool.metadata_mib = 16;
+    config.images.recipes = vec!["base".into()];
+    let image = root.host(format!("{}/base.ext4", config.paths.image_dir));
+    std::fs::create_dir_all(image.parent().expect("image dir")).expect("image dir");
+    make_image(&image, 4, 9);
+    let steps: Vec<Box<dyn Step>> = vec![
+        Box::new(state_db::StateDb),
+        Box::new(artifacts::ThinPoolStep),
+    ];
+    let make = |db: Option<&Db>| {
+        let ctx = Ctx {
+            root: &root,
+            config: &config,
+            db,
+            privileged: true,
+        };
+        plan::make_plan(&steps, &ctx, &Selection::default()).expect("plan")
+    };
+    let db_path = root.host(state_db::db_path(&config.paths.state_dir));
+
+    let first = make(None);
+    let described: Vec<String> = first
+        .steps
+        .iter()
+        .flat_map(|s| s.plan.actions.iter().map(|a| a.describe()))
+        .collect();
+    println!("plan:\n  {}", described.join("\n  "));
+    assert_eq!(described.len(), 3, "{described:?}");
+    assert!(described[1].contains("thin-pool fireclaw-pool"));
+    assert!(described[2].contains("import image \"base\""));
+    apply::apply(&first, &root, &db_path).expect("apply");
+    assert_eq!(dm_devices("fireclaw-"), vec!["fireclaw-pool"]);
+
+    let ro = Db::open_read_only(&db_path).expect("db").expect("exists");
+    assert!(make(Some(&ro)).is_empty(), "second provision plans nothing");
+    drop(ro);
+
+    // Reboot: devices gone; the next command that needs the pool brings it back.
+    {
+        let db = Db::open(&db_path).expect("db");
+        let spec =
+            fireclaw::provision::thinpool::recorded_spec(&db, &root, &config.paths.state_dir)
+                .expect("spec");
+        ThinEngine::new(&db, spec)
+            .expect("engine")
+            .deactivate()
+            .expect("deactivate");
+    }
+    assert!(dm_devices("fireclaw-").is_empty());
+    let fireclaw = env!("CARGO_BIN_EXE_fireclaw");
+    let cfg_file = tmp.path().join("fireclaw.toml");
+    std::fs::write(&cfg_file, toml::to_string(&config).expect("toml")).expect("config file");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fireclaw)
+            .args(args)
+            .arg("--root")
+            .arg(tmp.path())
+            .arg("--config")
+            .arg(&cfg_file)
+            .output()
+            .expect("run fireclaw");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "fireclaw {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let status = run(&["status"]);
+    assert!(status.contains("recorded but not active"), "{status}");
+    println!("gc after reboot: {}", run(&["gc"]).trim());
+    assert_eq!(
+        dm_devices("fireclaw-"),
+        vec!["fireclaw-pool"],
+        "re-activated"
+    );
+    let status = run(&["status"]);
+    println!("{}", status.lines().last().unwrap_or_default());
+    assert!(status.contains("thin pool: data"), "{status}");
+
+    // A rebuilt image: planned again, imported as a new volume; the unused old one goes.
+    std::thread::sleep(Duration::from_millis(20));
+    make_image(&image, 4, 11);
+    let ro = Db::open_read_only(&db_path).expect("db").expect("exists");
+    let again = make(Some(&ro));
+    drop(ro);
+    assert_eq!(again.action_count(), 1, "only the import");
+    apply::apply(&again, &root, &db_path).expect("apply import");
+    let db = Db::open(&db_path).expect("db");
+    let vols = thin::store::volumes(&db, "fireclaw").expect("volumes");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    drop(db);
+
+    // Uninstall: the journal, newest first; nothing of the pool is left.
+    let failures = apply::uninstall(Db::open(&db_path).expect("db"), &root).expect("uninstall");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(dm_devices("fireclaw-").is_empty());
+    let pool_dir = root.host(thin::pool_dir(&config.paths.state_dir));
+    assert!(thin::loops_of(&pool_dir.join("data.img")).is_empty());
+    assert!(!pool_dir.exists(), "pool files removed");
+    assert!(!db_path.exists(), "state database removed");
+}
