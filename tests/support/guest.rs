@@ -152,12 +152,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
 
 /// Is this tier demanded by CI (`FIRECLAW_TEST_TIERS` contains it)?
 pub fn tier_demanded(tier: &str) -> bool {
-    std::env::var(TIERS_ENV)
-        .map(|v| {
-            v.split(|c: char| c == ',' || c.is_whitespace())
-                .any(|t| t == tier)
-        })
-        .unwrap_or(false)
+    std::env::var(TIERS_ENV).is_ok_and(|v| tiers_contain(&v, tier))
+}
+
+/// `FIRECLAW_TEST_TIERS` is a comma- or space-separated list.
+fn tiers_contain(list: &str, tier: &str) -> bool {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .any(|t| t == tier)
 }
 
 /// Checks what booting a guest needs. `Ok(false)`: skip (reason printed); panics when the tier is
@@ -734,6 +735,46 @@ mod tests {
     #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn modules_load_dependencies_first_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("modules.dep"),
+            "kernel/md/dm-thin-pool.ko: kernel/md/dm-pd.ko kernel/md/dm-mod.ko kernel/lib/crc.ko\n\
+             kernel/md/dm-pd.ko: kernel/md/dm-mod.ko kernel/lib/crc.ko\n\
+             kernel/md/dm-mod.ko:\nkernel/lib/crc.ko:\nkernel/block/loop.ko:\n",
+        )
+        .unwrap();
+        let got = resolve_modules(
+            dir.path(),
+            &["dm_thin_pool".into(), "loop".into(), "dm-mod".into()],
+        )
+        .unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "kernel/md/dm-mod.ko",
+                "kernel/lib/crc.ko",
+                "kernel/md/dm-pd.ko",
+                "kernel/md/dm-thin-pool.ko",
+                "kernel/block/loop.ko"
+            ]
+        );
+        let err = resolve_modules(dir.path(), &["nope".into()]).unwrap_err();
+        assert!(err.to_string().contains("\"nope\" is not in"), "{err}");
+    }
+
+    #[test]
+    fn tiers_are_a_list() {
+        let list = "host, vm,kernel";
+        assert!(tiers_contain(list, "kernel") && tiers_contain(list, "vm"));
+        assert!(!tiers_contain(list, "ker") && !tiers_contain("", "kernel"));
     }
 
     #[test]
