@@ -10,6 +10,7 @@
 //! `dmsetup`, and names devices by `major:minor` in tables, so it works without udev (in a minimal
 //! guest, a container, an initramfs).
 
+pub mod adapter;
 pub mod store;
 pub mod table;
 
