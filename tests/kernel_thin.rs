@@ -538,9 +538,13 @@ fn provision_journal_and_uninstall_in_guest() {
     // Reboot: devices gone; the next command that needs the pool brings it back.
     {
         let db = Db::open(&db_path).expect("db");
-        let spec =
-            fireclaw::provision::thinpool::recorded_spec(&db, &root, &config.paths.state_dir)
-                .expect("spec");
+        let spec = fireclaw::provision::thinpool::recorded_spec(
+            &db,
+            &root,
+            &config.paths.state_dir,
+            config.thinpool.max_used_percent,
+        )
+        .expect("spec");
         ThinEngine::new(&db, spec)
             .expect("engine")
             .deactivate()

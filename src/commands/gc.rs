@@ -16,8 +16,12 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
     }
     drop(ro);
     let db = crate::state::Db::open(&env.db_path())?;
-    let spec =
-        crate::provision::thinpool::recorded_spec(&db, &env.root, &env.config.paths.state_dir)?;
+    let spec = crate::provision::thinpool::recorded_spec(
+        &db,
+        &env.root,
+        &env.config.paths.state_dir,
+        env.config.thinpool.max_used_percent,
+    )?;
     let engine = ThinEngine::new(&db, spec)?;
     // Until the VM table exists, a disk is alive while the process that made it runs.
     let report = engine.gc(&thin::owner_alive)?;

@@ -48,16 +48,19 @@ fn thin_pool_status(env: &Env, db: Option<&crate::state::Db>) -> ThinPoolStatus 
     {
         return ThinPoolStatus::Absent;
     }
-    let spec =
-        match crate::provision::thinpool::recorded_spec(db, &env.root, &env.config.paths.state_dir)
-        {
-            Ok(s) => s,
-            Err(e) => {
-                return ThinPoolStatus::Error {
-                    message: format!("{e:#}"),
-                }
+    let spec = match crate::provision::thinpool::recorded_spec(
+        db,
+        &env.root,
+        &env.config.paths.state_dir,
+        env.config.thinpool.max_used_percent,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            return ThinPoolStatus::Error {
+                message: format!("{e:#}"),
             }
-        };
+        }
+    };
     let engine = match ThinEngine::new(db, spec) {
         Ok(e) => e,
         Err(e) => {

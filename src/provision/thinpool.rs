@@ -119,14 +119,26 @@ pub fn import(
     digest: &str,
 ) -> anyhow::Result<()> {
     let db = open_db(root, state_dir)?;
-    let engine = ThinEngine::new(&db, recorded_spec(&db, root, state_dir)?)?;
+    let engine = ThinEngine::new(
+        &db,
+        recorded_spec(&db, root, state_dir, ThinPool::default().max_used_percent)?,
+    )?;
     engine.import_image(image, digest, &root.host(path))?;
     Ok(())
 }
 
-/// The pool's spec from its database row (geometry as created, whatever the config says now).
-pub fn recorded_spec(db: &Db, root: &RootPrefix, state_dir: &str) -> anyhow::Result<PoolSpec> {
-    let defaults = ThinPool::default();
+/// The pool's spec from its database row (geometry as created, whatever the config says now);
+/// the refusal threshold is policy, so it comes from the config in effect.
+pub fn recorded_spec(
+    db: &Db,
+    root: &RootPrefix,
+    state_dir: &str,
+    max_used_percent: u8,
+) -> anyhow::Result<PoolSpec> {
+    let defaults = ThinPool {
+        max_used_percent,
+        ..ThinPool::default()
+    };
     let mut spec = spec(root, state_dir, &defaults)?;
     if let Some(row) = store::pool(db, thin::DEFAULT_POOL_NAME)? {
         spec.geometry = PoolGeometry {
@@ -146,7 +158,7 @@ pub fn destroy(root: &RootPrefix, state_dir: &str) -> anyhow::Result<()> {
     let dir = root.host(thin::pool_dir(state_dir));
     if db_file.exists() {
         let db = open_db(root, state_dir)?;
-        let spec = recorded_spec(&db, root, state_dir)?;
+        let spec = recorded_spec(&db, root, state_dir, ThinPool::default().max_used_percent)?;
         match ThinEngine::new(&db, spec) {
             Ok(engine) => return Ok(engine.destroy_pool()?),
             Err(ThinError::NoDeviceMapper { .. }) => {

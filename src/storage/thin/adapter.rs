@@ -13,6 +13,7 @@ use crate::state::Db;
 pub struct ThinDisks {
     root: RootPrefix,
     state_dir: String,
+    max_used_percent: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +27,11 @@ pub enum AdapterError {
 }
 
 impl ThinDisks {
-    pub fn new(root: RootPrefix, state_dir: impl Into<String>) -> Self {
+    pub fn new(root: RootPrefix, config: &crate::config::Config) -> Self {
         ThinDisks {
             root,
-            state_dir: state_dir.into(),
+            state_dir: config.paths.state_dir.clone(),
+            max_used_percent: config.thinpool.max_used_percent,
         }
     }
 
@@ -43,7 +45,12 @@ impl ThinDisks {
         f: impl FnOnce(&ThinEngine) -> Result<T, ThinError>,
     ) -> Result<T, AdapterError> {
         let db = Db::open(&self.db_path())?;
-        let spec = crate::provision::thinpool::recorded_spec(&db, &self.root, &self.state_dir)?;
+        let spec = crate::provision::thinpool::recorded_spec(
+            &db,
+            &self.root,
+            &self.state_dir,
+            self.max_used_percent,
+        )?;
         let engine = ThinEngine::new(&db, spec)?;
         Ok(f(&engine)?)
     }
