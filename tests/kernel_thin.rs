@@ -605,3 +605,28 @@ fn provision_journal_and_uninstall_in_guest() {
     assert!(!pool_dir.exists(), "pool files removed");
     assert!(!db_path.exists(), "state database removed");
 }
+
+/// A kernel with device-mapper but without the thin-pool target: creating the pool fails with the
+/// `modprobe dm_thin_pool` hint, and leaves no dm or loop device behind.
+#[test]
+fn missing_thin_target_is_a_clear_error_in_guest() {
+    if !guest::in_guest() {
+        return guest::reinvoke_in_guest(
+            "missing_thin_target_is_a_clear_error_in_guest",
+            "kernel",
+            |s| s.modules(["dm-mod", "loop"]).memory_mib(512, 200),
+        );
+    }
+    let tmp = tempfile::tempdir().expect("scratch");
+    let db = Db::open(&tmp.path().join("state.db")).expect("db");
+    let spec = spec(tmp.path(), "fcmiss", 64, 90);
+    let engine = ThinEngine::new(&db, spec.clone()).expect("device-mapper itself is there");
+    let err = engine.create_pool().expect_err("no thin-pool target");
+    println!("missing target: {err}");
+    assert!(matches!(err, ThinError::MissingTarget), "{err}");
+    assert!(err.to_string().contains("modprobe dm_thin_pool"), "{err}");
+    assert!(dm_devices("fcmiss-").is_empty());
+    assert!(thin::loops_of(&spec.data_file()).is_empty());
+    assert!(thin::loops_of(&spec.metadata_file()).is_empty());
+    assert!(thin::store::pool(&db, "fcmiss").expect("rows").is_none());
+}
