@@ -334,6 +334,29 @@ fn concurrent_starts_do_not_race_in_guest() {
         engine.deactivate().expect("deactivate");
     }
     const N: usize = 8;
+    // A tool that does not take fireclaw's lock (losetup, another manager) grabbing free loop
+    // devices at the same time: the attach that loses the race must retry, not fail with EBUSY.
+    let foreign_file = tmp.path().join("foreign.img");
+    std::fs::File::create(&foreign_file)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("foreign file");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let foreign = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let control = loopdev::LoopControl::open().expect("loop-control");
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 200 {
+                if let Ok(ld) = control.next_free() {
+                    if ld.attach_file(&foreign_file).is_ok() {
+                        let _ = ld.detach();
+                    }
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
     let started = Instant::now();
     let handles: Vec<_> = (0..N)
         .map(|i| {
@@ -354,11 +377,13 @@ fn concurrent_starts_do_not_race_in_guest() {
         .into_iter()
         .map(|h| h.join().expect("thread"))
         .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let foreign_rounds = foreign.join().expect("foreign thread");
     for r in &results {
         assert!(r.is_ok(), "{r:?}");
     }
     println!(
-        "{N} concurrent clones (with one re-activation) in {:.2} s",
+        "{N} concurrent clones (with one re-activation, against {foreign_rounds} foreign loop attaches) in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     let db = Db::open(&db_path).expect("db");
