@@ -492,6 +492,22 @@ mod tests {
         }
     }
 
+    /// README documents every default; this keeps it true.
+    #[test]
+    fn readme_configuration_block_is_the_defaults() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a toml block");
+        assert_eq!(parse(block).unwrap(), Config::default());
+    }
+
     #[test]
     fn missing_default_file_is_defaults_but_missing_explicit_file_is_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -39,8 +39,11 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Sub-directory of the cache directory holding verified downloads.
+pub const DOWNLOADS_DIR: &str = "downloads";
+
 pub fn cached_path(cache_dir: &Path, sha256: &str) -> PathBuf {
-    cache_dir.join("downloads").join(sha256)
+    cache_dir.join(DOWNLOADS_DIR).join(sha256)
 }
 
 /// Returns the verified file for `sha256`, downloading it from `url` if it is not cached.
@@ -52,7 +55,7 @@ pub fn fetch_verified(url: &str, sha256: &str, cache_dir: &Path) -> anyhow::Resu
     if dest.is_file() && sha256_file(&dest)? == sha256 {
         return Ok(dest);
     }
-    let dir = cache_dir.join("downloads");
+    let dir = cache_dir.join(DOWNLOADS_DIR);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let partial = dir.join(format!(".{sha256}.partial"));
     let result = download(url, &partial).and_then(|actual| {

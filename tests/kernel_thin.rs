@@ -533,12 +533,7 @@ fn provision_journal_and_uninstall_in_guest() {
         Box::new(artifacts::ThinPoolStep),
     ];
     let make = |db: Option<&Db>| {
-        let ctx = Ctx {
-            root: &root,
-            config: &config,
-            db,
-            privileged: true,
-        };
+        let ctx = Ctx::new(&root, &config, db, true);
         plan::make_plan(&steps, &ctx, &Selection::default()).expect("plan")
     };
     let db_path = root.host(state_db::db_path(&config.paths.state_dir));

@@ -185,12 +185,7 @@ mod tests {
         let root = RootPrefix::new(dir.path());
         let mut config = Config::default();
         config.thinpool.enabled = false;
-        let ctx = Ctx {
-            root: &root,
-            config: &config,
-            db: None,
-            privileged: false,
-        };
+        let ctx = Ctx::new(&root, &config, None, false);
         let p = plan(&ctx).unwrap();
         assert!(p.actions.is_empty());
         assert!(p.notes[0].contains("reflink"));
