@@ -241,18 +241,19 @@ pub fn probe_device_mapper() -> Result<(), ThinError> {
     }
 }
 
+/// Installed as a loadable module for the running kernel, or built into it.
 fn module_installed(name: &str) -> bool {
     let Ok(release) =
         nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned())
     else {
         return false;
     };
-    let dep =
-        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
-    dep.lines().any(|l| {
-        l.split(':')
-            .next()
-            .is_some_and(|p| p.contains(&format!("/{name}.ko")))
+    let needle = format!("/{name}.ko");
+    ["modules.dep", "modules.builtin"].iter().any(|list| {
+        std::fs::read_to_string(format!("/lib/modules/{release}/{list}"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(':').next().is_some_and(|p| p.contains(&needle)))
     })
 }
 
