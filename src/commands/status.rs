@@ -21,6 +21,69 @@ struct Status {
     /// `systemctl is-enabled` when systemd runs; `None` otherwise.
     unit_enabled: Option<bool>,
     vms: Vec<crate::vm::record::VmRecord>,
+    thin_pool: ThinPoolStatus,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum ThinPoolStatus {
+    /// No pool recorded (not provisioned, disabled, or no device-mapper: reflink/copy disks).
+    Absent,
+    /// Recorded but not active (after a reboot: the next command that needs it re-activates it).
+    Inactive,
+    Active {
+        usage: crate::storage::thin::PoolUsage,
+        data_percent: f64,
+        metadata_percent: f64,
+        vm_disks: usize,
+        max_used_percent: u8,
+    },
+    Error {
+        message: String,
+    },
+}
+
+fn thin_pool_status(env: &Env, db: Option<&crate::state::Db>) -> ThinPoolStatus {
+    use crate::storage::thin::{self, store, ThinEngine};
+    let Some(db) = db else {
+        return ThinPoolStatus::Absent;
+    };
+    if !store::has_tables(db).unwrap_or(false)
+        || !matches!(store::pool(db, thin::DEFAULT_POOL_NAME), Ok(Some(_)))
+    {
+        return ThinPoolStatus::Absent;
+    }
+    let spec = match crate::provision::thinpool::recorded_spec(
+        db,
+        &env.root,
+        &env.config.paths.state_dir,
+        env.config.thinpool.max_used_percent,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            return ThinPoolStatus::Error {
+                message: format!("{e:#}"),
+            }
+        }
+    };
+    let engine = match ThinEngine::new(db, spec) {
+        Ok(e) => e,
+        Err(e) => {
+            return ThinPoolStatus::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    match engine.usage() {
+        Ok(usage) => ThinPoolStatus::Active {
+            data_percent: usage.data_percent(),
+            metadata_percent: usage.metadata_percent(),
+            vm_disks: engine.vm_disks().map(|d| d.len()).unwrap_or(0),
+            max_used_percent: env.config.thinpool.max_used_percent,
+            usage,
+        },
+        Err(_) => ThinPoolStatus::Inactive,
+    }
 }
 
 #[derive(Serialize)]
@@ -71,6 +134,7 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         ngircd_config: env.root.host(&env.config.paths.ngircd_conf).exists(),
         ngircd_pid: process_named("ngircd"),
         unit_file: env.root.host(&unit).exists(),
+        thin_pool: thin_pool_status(env, db.as_ref()),
         unit_enabled: provision::systemd_active(&env.root)
             .then(|| provision::systemd::is_enabled(provision::systemd::UNIT_NAME)),
         vms: match &db {
@@ -136,6 +200,27 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         }
     );
     super::gc::print_vms(&status.vms);
+    match &status.thin_pool {
+        ThinPoolStatus::Absent => println!("thin pool: none (VM disks are reflink/copy clones)"),
+        ThinPoolStatus::Inactive => println!(
+            "thin pool: recorded but not active (re-activated by the next command that needs it)"
+        ),
+        ThinPoolStatus::Active {
+            usage,
+            data_percent,
+            metadata_percent,
+            vm_disks,
+            max_used_percent,
+        } => println!(
+            "thin pool: data {data_percent:.1}% ({}/{} blocks), metadata {metadata_percent:.1}% ({}/{}), {vm_disks} VM disk(s), mode {}; new VMs refused at {max_used_percent}%",
+            usage.used_data_blocks,
+            usage.total_data_blocks,
+            usage.used_metadata_blocks,
+            usage.total_metadata_blocks,
+            usage.mode
+        ),
+        ThinPoolStatus::Error { message } => println!("thin pool: {message}"),
+    }
     Ok(0)
 }
 

@@ -88,7 +88,23 @@ pub enum Action {
     Systemctl {
         args: Vec<String>,
     },
-    /// Work done by a builder (kernel, images, thin pool) described in one line; `id` picks the builder.
+    /// Create the dm thin pool: sparse files under `<state_dir>/pool`, loop devices, the thin-pool
+    /// target. Recorded in the state database, from which it is re-activated after a reboot.
+    CreateThinPool {
+        state_dir: String,
+        data_mib: u64,
+        metadata_mib: u64,
+        block_sectors: u64,
+        max_used_percent: u8,
+    },
+    /// Copy an image into a new thin volume of the pool (once per image content).
+    ImportThinImage {
+        state_dir: String,
+        image: String,
+        path: String,
+        digest: String,
+    },
+    /// Work done by a builder (kernel, images) described in one line; `id` picks the builder.
     Build {
         id: String,
         description: String,
@@ -161,6 +177,10 @@ pub enum Undo {
     Systemctl {
         args: Vec<String>,
     },
+    /// Remove the thin pool's devices (VM disks, volumes, pool, loop devices), rows and files.
+    DestroyThinPool {
+        state_dir: String,
+    },
     Nothing,
 }
 
@@ -232,6 +252,26 @@ impl Action {
                 format!("nft -f - (table {family} {name}, ruleset below)")
             }
             Action::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Action::CreateThinPool {
+                state_dir,
+                data_mib,
+                metadata_mib,
+                block_sectors,
+                ..
+            } => {
+                let dir = crate::storage::thin::pool_dir(state_dir);
+                format!(
+                    "create sparse {dir}/data.img ({data_mib} MiB) and {dir}/metadata.img ({metadata_mib} MiB), attach loop devices, create dm thin-pool fireclaw-pool (block {block_sectors} sectors, discard passdown, error_if_no_space)"
+                )
+            }
+            Action::ImportThinImage {
+                image,
+                path,
+                digest,
+                ..
+            } => format!(
+                "import image {image:?} from {path} into a new thin volume (content {digest})"
+            ),
             Action::Build { description, .. } => description.clone(),
         }
     }
@@ -330,6 +370,14 @@ impl Action {
                 },
                 None,
             ),
+            Action::CreateThinPool { state_dir, .. } => (
+                Undo::DestroyThinPool {
+                    state_dir: state_dir.clone(),
+                },
+                None,
+            ),
+            // The pool's own undo removes every volume in it.
+            Action::ImportThinImage { .. } => (Undo::Nothing, None),
         })
     }
 
@@ -373,6 +421,29 @@ impl Action {
             Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
             Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
             Action::Build { id, .. } => crate::provision::build(root, config, id),
+            Action::CreateThinPool {
+                state_dir,
+                data_mib,
+                metadata_mib,
+                block_sectors,
+                max_used_percent,
+            } => crate::provision::thinpool::create(
+                root,
+                state_dir,
+                crate::config::ThinPool {
+                    enabled: true,
+                    data_mib: *data_mib,
+                    metadata_mib: *metadata_mib,
+                    block_sectors: *block_sectors,
+                    max_used_percent: *max_used_percent,
+                },
+            ),
+            Action::ImportThinImage {
+                state_dir,
+                image,
+                path,
+                digest,
+            } => crate::provision::thinpool::import(root, state_dir, image, path, digest),
         }
         .with_context(|| format!("failed to {}", self.describe()))
     }
@@ -413,6 +484,10 @@ impl Undo {
                 format!("nft delete table {family} {name} (restoring any previous table)")
             }
             Undo::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Undo::DestroyThinPool { state_dir } => format!(
+                "remove thin pool fireclaw-pool (VM disks, volumes, loop devices) and {}",
+                crate::storage::thin::pool_dir(state_dir)
+            ),
             Undo::Nothing => "nothing to undo".into(),
         }
     }
@@ -460,6 +535,9 @@ impl Undo {
                 }
             }
             Undo::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Undo::DestroyThinPool { state_dir } => {
+                crate::provision::thinpool::destroy(root, state_dir)
+            }
             Undo::Nothing => Ok(()),
         }
         .with_context(|| format!("failed to {}", self.describe()))

@@ -96,25 +96,7 @@ impl Step for ThinPoolStep {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let t = &ctx.config.thinpool;
-        if !t.enabled {
-            return Ok(StepPlan::default()
-                .note("thinpool.enabled = false: VM disks are reflink/sparse copies"));
-        }
-        let data = format!("{}/pool/data.img", ctx.config.paths.state_dir);
-        let meta = format!("{}/pool/metadata.img", ctx.config.paths.state_dir);
-        if ctx.host(&data).is_file() && ctx.host(&meta).is_file() {
-            return Ok(StepPlan::default());
-        }
-        Ok(StepPlan::with_actions(vec![Action::Build {
-            id: "thinpool".into(),
-            description: format!(
-                "create sparse {data} ({} MiB) and {meta} ({} MiB), attach loop devices, dmsetup create fireclaw-pool (thin-pool, block {} sectors, discard passdown), import each image as a thin volume",
-                t.data_mib, t.metadata_mib, t.block_sectors
-            ),
-            outputs: vec![data, meta],
-            scratch: Vec::new(),
-        }]))
+        super::thinpool::plan(ctx)
     }
 }
 

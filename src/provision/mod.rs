@@ -11,6 +11,7 @@ pub mod packages;
 pub mod preflight;
 pub mod state_db;
 pub mod systemd;
+pub mod thinpool;
 
 use crate::plan::Step;
 use crate::root::RootPrefix;

@@ -1,6 +1,9 @@
 //! Shared by the integration tests: tier gating, network namespaces, tree snapshots.
 #![allow(dead_code)]
 
+/// Run a command inside a guest kernel that has a feature the host lacks (tier `kernel`).
+pub mod guest;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
