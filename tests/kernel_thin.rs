@@ -548,7 +548,7 @@ fn provision_journal_and_uninstall_in_guest() {
     assert_eq!(described.len(), 3, "{described:?}");
     assert!(described[1].contains("thin-pool fireclaw-pool"));
     assert!(described[2].contains("import image \"base\""));
-    apply::apply(&first, &root, &db_path).expect("apply");
+    apply::apply(&first, &root, &config, &db_path).expect("apply");
     assert_eq!(dm_devices("fireclaw-"), vec!["fireclaw-pool"]);
 
     let ro = Db::open_read_only(&db_path).expect("db").expect("exists");
@@ -610,7 +610,7 @@ fn provision_journal_and_uninstall_in_guest() {
     let again = make(Some(&ro));
     drop(ro);
     assert_eq!(again.action_count(), 1, "only the import");
-    apply::apply(&again, &root, &db_path).expect("apply import");
+    apply::apply(&again, &root, &config, &db_path).expect("apply import");
     let db = Db::open(&db_path).expect("db");
     let vols = thin::store::volumes(&db, "fireclaw").expect("volumes");
     assert_eq!(vols.len(), 1, "{vols:?}");
