@@ -364,7 +364,7 @@ impl Config {
             ));
         }
         let t = &self.thinpool;
-        if !(128..=2_097_152).contains(&t.block_sectors) || t.block_sectors % 128 != 0 {
+        if !(128..=2_097_152).contains(&t.block_sectors) || !t.block_sectors.is_multiple_of(128) {
             return Err(invalid(
                 "thinpool.block_sectors",
                 format!(
@@ -490,6 +490,22 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    /// README documents every default; this keeps it true.
+    #[test]
+    fn readme_configuration_block_is_the_defaults() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a toml block");
+        assert_eq!(parse(block).unwrap(), Config::default());
     }
 
     #[test]

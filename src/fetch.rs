@@ -65,13 +65,16 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Sub-directory of the cache directory holding verified downloads.
+pub const DOWNLOADS_DIR: &str = "downloads";
+
 pub fn cached_path(cache_dir: &Path, sha256: &str) -> PathBuf {
-    cache_dir.join("downloads").join(sha256)
+    cache_dir.join(DOWNLOADS_DIR).join(sha256)
 }
 
 /// Returns the verified file for `sha256`, downloading it from `url` if it is not cached.
 pub fn fetch_verified(url: &str, sha256: &str, cache_dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(Cache::new(cache_dir.join("downloads")).fetch(url, &Pin::Sha256(sha256.to_string()))?)
+    Ok(Cache::new(cache_dir.join(DOWNLOADS_DIR)).fetch(url, &Pin::Sha256(sha256.to_string()))?)
 }
 
 /// The digest a download must have.

@@ -7,12 +7,7 @@ use crate::provision::preflight;
 
 pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
     let db = env.open_db_read_only().ok().flatten();
-    let ctx = Ctx {
-        root: &env.root,
-        config: &env.config,
-        db: db.as_ref(),
-        privileged: env.privileged,
-    };
+    let ctx = Ctx::new(&env.root, &env.config, db.as_ref(), env.privileged);
     let checks = preflight::checks(&ctx);
     let failed = checks.iter().any(|c| c.required && !c.ok);
     if args.json {

@@ -15,7 +15,11 @@ struct Status {
     journal_entries: usize,
     bridge: Option<BridgeStatus>,
     ngircd_config: bool,
+    /// Pid of a running ngircd, if any (from /proc: ngircd may run outside systemd).
+    ngircd_pid: Option<u32>,
     unit_file: bool,
+    /// `systemctl is-enabled` when systemd runs; `None` otherwise.
+    unit_enabled: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -64,7 +68,10 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         journal_entries,
         bridge,
         ngircd_config: env.root.host(&env.config.paths.ngircd_conf).exists(),
+        ngircd_pid: process_named("ngircd"),
         unit_file: env.root.host(&unit).exists(),
+        unit_enabled: provision::systemd_active(&env.root)
+            .then(|| provision::systemd::is_enabled(provision::systemd::UNIT_NAME)),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -99,20 +106,38 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         None => println!("bridge {}: absent", env.config.network.bridge),
     }
     println!(
-        "ngircd config: {}",
+        "ngircd: config {}, {}",
         if status.ngircd_config {
             "present"
         } else {
             "absent"
+        },
+        match status.ngircd_pid {
+            Some(pid) => format!("running (pid {pid})"),
+            None => "not running".into(),
         }
     );
     println!(
-        "systemd unit: {}",
+        "systemd unit: {}{}",
         if status.unit_file {
             "present"
         } else {
             "absent"
+        },
+        match status.unit_enabled {
+            Some(true) => ", enabled",
+            Some(false) => ", not enabled",
+            None => "",
         }
     );
     Ok(0)
+}
+
+/// The first process whose command name is `name`.
+fn process_named(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim_end() == name).then_some(pid)
+    })
 }

@@ -258,9 +258,22 @@ impl Action {
                 },
                 None,
             ),
-            Action::InstallFromArchive { members, .. } => (
+            // The verified download is fireclaw's too: uninstall removes it with the binaries.
+            Action::InstallFromArchive {
+                members,
+                sha256,
+                cache_dir,
+                ..
+            } => (
                 Undo::RemoveFiles {
-                    paths: members.iter().map(|m| m.dest.clone()).collect(),
+                    paths: members
+                        .iter()
+                        .map(|m| m.dest.clone())
+                        .chain(std::iter::once(format!(
+                            "{cache_dir}/{}/{sha256}",
+                            crate::fetch::DOWNLOADS_DIR
+                        )))
+                        .collect(),
                 },
                 None,
             ),
