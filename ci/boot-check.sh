@@ -39,11 +39,14 @@ timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off -accel tcg -cpu max 
   -kernel "$kernel" \
   -append "console=ttyS0 root=/dev/vda rw panic=-1 random.trust_cpu=on ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off" \
   -drive "id=root,file=$work/root.ext4,format=raw,if=none" -device virtio-blk-device,drive=root \
-  -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-device,netdev=n0 &
+  -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-device,netdev=n0 \
+  2>"$work/qemu.err" &
 qemu_pid=$!
 
 fail() {
   echo "boot-check: $*" >&2
+  echo "---- qemu ----" >&2
+  cat "$work/qemu.err" >&2 || true
   echo "---- serial console ----" >&2
   tail -n 40 "$serial" >&2 || true
   exit 1

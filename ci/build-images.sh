@@ -49,7 +49,7 @@ echo "ci: kernel + debian-test ready after $(($(date +%s) - start))s"
 "$bin" image list --image-dir "$out"
 
 img=$out/debian-test.ext4
-e2fsck -fn "$img" >/dev/null
+e2fsck -fn "$img" >/dev/null 2>&1 || { e2fsck -fn "$img"; exit 1; }
 echo "ci: e2fsck -fn clean"
 
 check() { # check WHAT EXPECTED REQUEST

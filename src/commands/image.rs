@@ -274,7 +274,7 @@ fn bench(env: &Env, a: &BenchArgs) -> anyhow::Result<i32> {
         full.as_secs_f64() / cached.as_secs_f64().max(1e-6)
     );
     println!(
-        "  forced rebuild          {:>9.2} s   (downloads cached)",
+        "  forced rebuild          {:>9.2} s   (pinned downloads cached; mmdebstrap fetches again)",
         forced.as_secs_f64()
     );
     println!(

@@ -96,7 +96,7 @@ impl BuildOptions {
     }
 
     pub fn downloads(&self) -> Cache {
-        Cache::new(self.cache_dir.join("downloads"))
+        Cache::new(self.cache_dir.join(fetch::DOWNLOADS_DIR))
     }
 }
 

@@ -61,13 +61,20 @@ pub fn host_prereqs() -> Vec<(&'static str, bool)> {
     ]
 }
 
+/// A static binary has no program interpreter: no PT_INTERP (type 3) entry in its ELF program
+/// headers. Read directly, so the check needs no `file` or `ldd`.
 fn is_static(p: &Path) -> bool {
-    Command::new("file")
-        .arg("-L")
-        .arg(p)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
-        .unwrap_or(false)
+    let Ok(b) = fs::read(p) else { return false };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        o + 4 <= b.len() && u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) != 3
+    })
 }
 
 /// Runs `debugfs -R <request> <image>` and returns its stdout (no mounting needed).
