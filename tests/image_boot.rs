@@ -2,12 +2,12 @@
 //! real under QEMU microvm (TCG): userspace comes up and SSH answers with the manifest's host key.
 //! The boot itself is `ci/boot-check.sh` (QEMU always under `timeout`, torn down on every path).
 
-mod image_common;
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use image_common::*;
+use support::{have, require};
 
 fn ci_cache() -> PathBuf {
     std::env::var_os("FIRECLAW_CI_CACHE")

@@ -1,14 +1,15 @@
 //! Host tier: real image builds as root (mkfs.ext4 -d, e2fsck, debugfs; no mounting), on a
 //! minirootfs-shaped tarball made here, so the Alpine code path runs without Alpine's mirrors.
 
-mod image_common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use fireclaw::image::{self, build, manifest::Manifest, BuildOptions, Store};
 use fireclaw::root::RootPrefix;
-use image_common::*;
+use support::image::*;
+use support::require;
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -3,6 +3,8 @@
 
 /// Run a command inside a guest kernel that has a feature the host lacks (tier `kernel`).
 pub mod guest;
+/// Minirootfs-shaped trees and image inspection for the image tests.
+pub mod image;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,34 +12,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Decides whether a tier's test runs. When `FIRECLAW_TEST_TIERS` names the tier (CI sets it), a
-/// missing prerequisite is a failure, not a skip. Otherwise the test runs if it can and skips with a
-/// printed reason if it cannot.
-pub fn tier(name: &str, needs_root: bool, commands: &[&str]) -> bool {
-    let asked = std::env::var("FIRECLAW_TEST_TIERS")
-        .unwrap_or_default()
-        .split(',')
-        .any(|t| t.trim() == name);
-    let mut missing = Vec::new();
-    if needs_root && !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    for c in commands {
-        if !command_exists(c) {
-            missing.push(format!("command `{c}`"));
-        }
-    }
+/// Whether CI asked for `tier` (FIRECLAW_TEST_TIERS, comma or space separated).
+pub fn tier_requested(tier: &str) -> bool {
+    std::env::var("FIRECLAW_TEST_TIERS")
+        .map(|v| v.split([',', ' ']).any(|t| t.trim() == tier))
+        .unwrap_or(false)
+}
+
+/// Checks a tier's prerequisites. When `FIRECLAW_TEST_TIERS` names the tier (CI sets it), a
+/// missing one is a failure, not a skip; otherwise the test is skipped with the reason printed.
+/// Returns false when the test should return early.
+pub fn require(tier: &str, checks: &[(&str, bool)]) -> bool {
+    let missing: Vec<&str> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
     if missing.is_empty() {
         return true;
     }
-    if asked {
-        panic!(
-            "tier {name:?} was requested (FIRECLAW_TEST_TIERS) but these are missing: {}",
-            missing.join(", ")
-        );
+    let msg = format!("{tier} tier prerequisites missing: {}", missing.join(", "));
+    if tier_requested(tier) {
+        panic!("{msg} (FIRECLAW_TEST_TIERS asks for {tier})");
     }
-    eprintln!("SKIP (tier {name}): missing {}", missing.join(", "));
+    eprintln!("SKIP: {msg}; set FIRECLAW_TEST_TIERS={tier} to make this a failure");
     false
+}
+
+/// [`require`] for the common case: root and some commands on PATH.
+pub fn tier(name: &str, needs_root: bool, commands: &[&str]) -> bool {
+    let mut checks = vec![("root", !needs_root || is_root())];
+    checks.extend(commands.iter().map(|c| (*c, command_exists(c))));
+    require(name, &checks)
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Alias kept for the image tests' vocabulary.
+pub fn have(cmd: &str) -> bool {
+    command_exists(cmd)
 }
 
 pub fn command_exists(name: &str) -> bool {

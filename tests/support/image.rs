@@ -1,49 +1,10 @@
-//! Helpers shared by the image tests: tier gating and a minirootfs-shaped tarball.
-
-#![allow(dead_code)]
+//! Image-test helpers: a minirootfs-shaped tarball and image inspection without mounting.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Whether CI asked for `tier` (FIRECLAW_TEST_TIERS, comma or space separated).
-pub fn tier_requested(tier: &str) -> bool {
-    std::env::var("FIRECLAW_TEST_TIERS")
-        .map(|v| v.split([',', ' ']).any(|t| t.trim() == tier))
-        .unwrap_or(false)
-}
-
-/// Checks the prerequisites of a tier. Missing ones fail the test when CI asked for the tier and
-/// skip it (with the reason printed) otherwise. Returns false when the test should return early.
-pub fn require(tier: &str, checks: &[(&str, bool)]) -> bool {
-    let missing: Vec<&str> = checks
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{tier} tier prerequisites missing: {}", missing.join(", "));
-    if tier_requested(tier) {
-        panic!("{msg} (FIRECLAW_TEST_TIERS asks for {tier})");
-    }
-    eprintln!("SKIP: {msg}; set FIRECLAW_TEST_TIERS={tier} to make this a failure");
-    false
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-pub fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd} >/dev/null"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+use super::{have, is_root};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
