@@ -234,12 +234,17 @@ impl Default for ThinPool {
 pub struct Images {
     /// Recipes (names in `rootfs-recipes/`) provision builds.
     pub recipes: Vec<String>,
+    /// Base URL of an Alpine mirror (the directory holding `v3.24/`), for the Alpine recipes' pinned
+    /// minirootfs and their packages. The pinned digests decide what is accepted, so any mirror
+    /// will do. FIRECLAW_ALPINE_MIRROR, when set, overrides it; building `base`/`agent` needs one.
+    pub alpine_mirror: String,
 }
 
 impl Default for Images {
     fn default() -> Self {
         Images {
             recipes: vec!["base".into(), "agent".into()],
+            alpine_mirror: String::new(),
         }
     }
 }
@@ -379,6 +384,17 @@ impl Config {
                 "expected 1..=100".into(),
             ));
         }
+        let mirror = &self.images.alpine_mirror;
+        if !mirror.is_empty()
+            && !(mirror.starts_with("https://")
+                || mirror.starts_with("http://")
+                || mirror.starts_with("file://"))
+        {
+            return Err(invalid(
+                "images.alpine_mirror",
+                format!("expected an https://, http:// or file:// URL, got {mirror:?}"),
+            ));
+        }
         for recipe in &self.images.recipes {
             if recipe.is_empty()
                 || !recipe
@@ -486,6 +502,10 @@ mod tests {
             ("[irc]\noperator = \"a b\"", "irc.operator"),
             ("[thinpool]\nblock_sectors = 100", "thinpool.block_sectors"),
             ("[images]\nrecipes = [\"../x\"]", "images.recipes"),
+            (
+                "[images]\nalpine_mirror = \"ftp://x\"",
+                "images.alpine_mirror",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");

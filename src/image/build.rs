@@ -83,6 +83,7 @@ impl BuildOptions {
             guest_agent: None,
             alpine_mirror: std::env::var("FIRECLAW_ALPINE_MIRROR")
                 .ok()
+                .or_else(|| Some(config.images.alpine_mirror.clone()))
                 .filter(|s| !s.is_empty()),
             debian_mirror: None,
             source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
