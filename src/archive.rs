@@ -1,13 +1,19 @@
-//! Safe extraction from gzip-compressed tarballs. Archives come from the network: an entry with an
+//! Safe extraction from (gzip-compressed) tarballs. Archives come from the network: an entry with an
 //! absolute path, a `..` component, or a link pointing out of the destination is refused, never
-//! "sanitised", because an archive that tries it is not the archive that was pinned.
+//! "sanitised", because an archive that tries it is not the archive that was pinned. Device nodes
+//! are only accepted under `dev/` of a root filesystem tree.
+//!
+//! Two entry points: [`extract_members`] / [`read_members`] install named files from a release
+//! archive; [`extract_all`] unpacks a whole tree (a minirootfs) under an [`ExtractPolicy`].
 
 use std::fs;
-use std::io::Read;
-use std::path::{Component, Path};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context as _;
 use flate2::read::GzDecoder;
+use indicatif::ProgressBar;
+use tar::{Archive, EntryType};
 
 use crate::plan::fsops;
 
@@ -105,6 +111,239 @@ pub fn read_members(tarball: &Path, members: &[&str]) -> anyhow::Result<Vec<Vec<
         .collect()
 }
 
+/// Why [`extract_all`] refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{archive}: entry {entry:?}: {reason}; refusing the archive")]
+    Unsafe {
+        archive: PathBuf,
+        entry: String,
+        reason: &'static str,
+    },
+    #[error("{archive}: {what}: {source}")]
+    Io {
+        archive: PathBuf,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `extract_all` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractPolicy {
+    /// Create character and block devices found under `dev/` (needs root). Devices anywhere else
+    /// are always refused: a device node in, say, `home/` would let the guest reach raw hardware.
+    pub devices_under_dev: bool,
+    /// Keep the archive's uid/gid (needs root); without it files belong to the caller.
+    pub preserve_ownership: bool,
+}
+
+impl ExtractPolicy {
+    /// For root filesystem trees (Alpine minirootfs and the like).
+    pub const ROOTFS: ExtractPolicy = ExtractPolicy {
+        devices_under_dev: true,
+        preserve_ownership: true,
+    };
+    /// For release archives of plain files.
+    pub const FILES: ExtractPolicy = ExtractPolicy {
+        devices_under_dev: false,
+        preserve_ownership: false,
+    };
+}
+
+/// What an extraction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExtractStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn open_any(tarball: &Path) -> Result<Box<dyn Read>, ExtractError> {
+    let io = |what: &str| {
+        let archive = tarball.to_path_buf();
+        let what = what.to_string();
+        move |source| ExtractError::Io {
+            archive,
+            what,
+            source,
+        }
+    };
+    let mut f = fs::File::open(tarball).map_err(io("opening"))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(io("reading"))?;
+    f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
+    let reader = BufReader::new(f);
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(GzDecoder::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// The entry's path relative to the archive root, with `./` prefixes dropped; refuses absolute
+/// paths and `..` rather than silently rewriting them (a rewritten path is still a hostile
+/// archive).
+fn relative_member(path: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("path contains `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    Ok(out)
+}
+
+/// A hard link's target is a member path, so it obeys the same rules; a symlink's target is only
+/// data (the guest resolves it inside its own root) except that a relative target must not climb
+/// above the archive root from where the link sits.
+fn check_link(entry_rel: &Path, kind: EntryType, target: &Path) -> Result<(), &'static str> {
+    if kind == EntryType::Link {
+        return relative_member(target)
+            .map(|_| ())
+            .map_err(|_| "hard link target outside the archive");
+    }
+    if target.is_absolute() {
+        return Ok(());
+    }
+    let mut depth: i64 = entry_rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return Err("symlink target climbs out of the archive");
+        }
+    }
+    Ok(())
+}
+
+/// Extracts every entry of `tarball` into `dir` (created if missing).
+pub fn extract_all(
+    tarball: &Path,
+    dir: &Path,
+    policy: ExtractPolicy,
+) -> Result<ExtractStats, ExtractError> {
+    let io = |what: String| {
+        let archive = tarball.to_path_buf();
+        move |source| ExtractError::Io {
+            archive,
+            what,
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut archive = Archive::new(open_any(tarball)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(policy.preserve_ownership);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!(
+        "extract {}",
+        tarball
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut stats = ExtractStats::default();
+    let entries = archive.entries().map_err(io("reading entries".into()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(io("reading entry".into()))?;
+        let raw = entry
+            .path()
+            .map_err(io("reading entry path".into()))?
+            .into_owned();
+        let unsafe_entry = |reason| ExtractError::Unsafe {
+            archive: tarball.to_path_buf(),
+            entry: raw.display().to_string(),
+            reason,
+        };
+        let rel = relative_member(&raw).map_err(unsafe_entry)?;
+        let kind = entry.header().entry_type();
+        if let Some(target) = entry
+            .link_name()
+            .map_err(io("reading link target".into()))?
+        {
+            if matches!(kind, EntryType::Link | EntryType::Symlink) {
+                check_link(&rel, kind, &target).map_err(unsafe_entry)?;
+            }
+        }
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            if !rel.starts_with("dev") {
+                return Err(unsafe_entry("device node outside /dev"));
+            }
+            if !policy.devices_under_dev {
+                return Err(unsafe_entry("device node (not allowed in this archive)"));
+            }
+            make_device(&entry, &dir.join(&rel))
+                .map_err(io(format!("creating device {}", rel.display())))?;
+            stats.entries += 1;
+            continue;
+        }
+        if rel.as_os_str().is_empty() {
+            // The archive's own root ("./"): permissions of `dir` stay the caller's choice.
+            continue;
+        }
+        stats.bytes += entry.header().size().unwrap_or(0);
+        let unpacked = entry
+            .unpack_in(dir)
+            .map_err(io(format!("unpacking {}", rel.display())))?;
+        if !unpacked {
+            return Err(unsafe_entry(
+                "refused by the tar reader (escapes the destination)",
+            ));
+        }
+        stats.entries += 1;
+        if stats.entries % 256 == 0 {
+            bar.set_message(format!("extract: {} entries", stats.entries));
+            bar.tick();
+        }
+    }
+    bar.finish_and_clear();
+    Ok(stats)
+}
+
+fn make_device<R: Read>(entry: &tar::Entry<R>, dest: &Path) -> io::Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let h = entry.header();
+    let major = h.device_major()?.unwrap_or(0);
+    let minor = h.device_minor()?.unwrap_or(0);
+    let mode = h.mode()?;
+    let kind = if h.entry_type() == EntryType::Char {
+        SFlag::S_IFCHR
+    } else {
+        SFlag::S_IFBLK
+    };
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if fs::symlink_metadata(dest).is_ok() {
+        fs::remove_file(dest)?;
+    }
+    mknod(
+        dest,
+        kind,
+        Mode::from_bits_truncate(mode & 0o7777),
+        nix::sys::stat::makedev(major.into(), minor.into()),
+    )
+    .map_err(io::Error::from)?;
+    if let (Ok(uid), Ok(gid)) = (h.uid(), h.gid()) {
+        let _ = nix::unistd::chown(
+            dest,
+            Some(nix::unistd::Uid::from_raw(uid as u32)),
+            Some(nix::unistd::Gid::from_raw(gid as u32)),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -169,5 +408,126 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("not found"));
         fs::write(&t, b"not a tarball").unwrap();
         assert!(extract_members(&t, &[("rel/fc", &dir.path().join("x"), 0o755)]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod extract_all_tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::fs::File;
+    use std::io::Write;
+
+    /// Builds a .tar.gz from raw headers, so tests can write what `tar::Builder` would refuse.
+    fn tarball(dir: &Path, entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> PathBuf {
+        let path = dir.join("t.tar.gz");
+        let f = File::create(&path).unwrap();
+        let mut b = tar::Builder::new(GzEncoder::new(f, flate2::Compression::fast()));
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            // Raw bytes: set_path would reject `..` and absolute names.
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                h.as_gnu_mut().unwrap().linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        path
+    }
+
+    #[test]
+    fn extracts_plain_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tarball(
+            d.path(),
+            &[
+                ("./etc/", EntryType::Directory, b"", None),
+                (
+                    "./etc/alpine-release",
+                    EntryType::Regular,
+                    b"3.24.2\n",
+                    None,
+                ),
+                ("./bin/sh", EntryType::Symlink, b"", Some("/bin/busybox")),
+                (
+                    "./usr/bin/up",
+                    EntryType::Symlink,
+                    b"",
+                    Some("../../etc/alpine-release"),
+                ),
+            ],
+        );
+        let out = d.path().join("out");
+        let s = extract_all(&t, &out, ExtractPolicy::FILES).unwrap();
+        assert_eq!(s.entries, 4);
+        assert_eq!(
+            fs::read_to_string(out.join("etc/alpine-release")).unwrap(),
+            "3.24.2\n"
+        );
+        assert_eq!(
+            fs::read_link(out.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
+    }
+
+    fn refused(entries: &[(&str, EntryType, &[u8], Option<&str>)], why: &str) {
+        let d = tempfile::tempdir().unwrap();
+        let t = tarball(d.path(), entries);
+        let out = d.path().join("out");
+        let err = extract_all(&t, &out, ExtractPolicy::ROOTFS).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(!d.path().join("escaped").exists());
+    }
+
+    #[test]
+    fn refuses_parent_dir() {
+        refused(&[("../escaped", EntryType::Regular, b"x", None)], "`..`");
+    }
+
+    #[test]
+    fn refuses_absolute() {
+        refused(
+            &[("/tmp/escaped", EntryType::Regular, b"x", None)],
+            "absolute",
+        );
+    }
+
+    #[test]
+    fn refuses_device_outside_dev() {
+        refused(
+            &[("home/sda", EntryType::Block, b"", None)],
+            "device node outside /dev",
+        );
+    }
+
+    #[test]
+    fn refuses_climbing_symlink_and_hardlink() {
+        refused(
+            &[("a/l", EntryType::Symlink, b"", Some("../../escaped"))],
+            "climbs out",
+        );
+        refused(
+            &[("a/h", EntryType::Link, b"", Some("/etc/shadow"))],
+            "hard link",
+        );
+    }
+
+    #[test]
+    fn refuses_writing_through_symlinked_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tarball(
+            d.path(),
+            &[
+                ("evil", EntryType::Symlink, b"", Some("/tmp")),
+                ("evil/escaped", EntryType::Regular, b"x", None),
+            ],
+        );
+        assert!(extract_all(&t, &d.path().join("out"), ExtractPolicy::FILES).is_err());
     }
 }

@@ -55,6 +55,8 @@ and changes nothing; it works without root.")]
     Doctor(JsonFlag),
     /// Show what provision has done: steps, bridge, ngircd, unit.
     Status(JsonFlag),
+    /// Build the guest kernel and rootfs images from recipes; list them.
+    Image(Box<crate::commands::image::ImageArgs>),
     /// Print the configuration in effect (defaults merged with the file), as TOML.
     Config,
     /// Run one command in a fresh microVM and throw the VM away.

@@ -234,12 +234,17 @@ impl Default for ThinPool {
 pub struct Images {
     /// Recipes (names in `rootfs-recipes/`) provision builds.
     pub recipes: Vec<String>,
+    /// Base URL of an Alpine mirror (the directory holding `v3.24/`), for the Alpine recipes' pinned
+    /// minirootfs and their packages. The pinned digests decide what is accepted, so any mirror
+    /// will do. FIRECLAW_ALPINE_MIRROR, when set, overrides it; building `base`/`agent` needs one.
+    pub alpine_mirror: String,
 }
 
 impl Default for Images {
     fn default() -> Self {
         Images {
             recipes: vec!["base".into(), "agent".into()],
+            alpine_mirror: String::new(),
         }
     }
 }
@@ -364,7 +369,7 @@ impl Config {
             ));
         }
         let t = &self.thinpool;
-        if !(128..=2_097_152).contains(&t.block_sectors) || t.block_sectors % 128 != 0 {
+        if !(128..=2_097_152).contains(&t.block_sectors) || !t.block_sectors.is_multiple_of(128) {
             return Err(invalid(
                 "thinpool.block_sectors",
                 format!(
@@ -377,6 +382,17 @@ impl Config {
             return Err(invalid(
                 "thinpool.max_used_percent",
                 "expected 1..=100".into(),
+            ));
+        }
+        let mirror = &self.images.alpine_mirror;
+        if !mirror.is_empty()
+            && !(mirror.starts_with("https://")
+                || mirror.starts_with("http://")
+                || mirror.starts_with("file://"))
+        {
+            return Err(invalid(
+                "images.alpine_mirror",
+                format!("expected an https://, http:// or file:// URL, got {mirror:?}"),
             ));
         }
         for recipe in &self.images.recipes {
@@ -486,10 +502,30 @@ mod tests {
             ("[irc]\noperator = \"a b\"", "irc.operator"),
             ("[thinpool]\nblock_sectors = 100", "thinpool.block_sectors"),
             ("[images]\nrecipes = [\"../x\"]", "images.recipes"),
+            (
+                "[images]\nalpine_mirror = \"ftp://x\"",
+                "images.alpine_mirror",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
         }
+    }
+
+    /// README documents every default; this keeps it true.
+    #[test]
+    fn readme_configuration_block_is_the_defaults() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a toml block");
+        assert_eq!(parse(block).unwrap(), Config::default());
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn main() {
         Command::Uninstall(a) => commands::uninstall::run(&env, a),
         Command::Doctor(a) => commands::doctor::run(&env, a),
         Command::Status(a) => commands::status::run(&env, a),
+        Command::Image(a) => commands::image::run(&env, a),
         Command::Run(a) => commands::run::run(&env, a),
         Command::Gc(a) => commands::gc::run(&env, a),
         Command::Config => {

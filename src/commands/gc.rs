@@ -2,6 +2,7 @@
 
 use crate::cli::GcArgs;
 use crate::commands::Env;
+use crate::storage::thin::{self, store, ThinEngine};
 use crate::vm::{self, record};
 
 pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
@@ -45,9 +46,28 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
     }
     env.require_root("fireclaw gc")?;
     let report = vm::gc(&host, args.all, args.vm.as_deref())?;
+    let thin_report = thin_gc(env)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "vms": report,
+                "thin_vm_disks_removed": thin_report.as_ref().map(|r| &r.snapshots),
+                "thin_image_volumes_removed": thin_report.as_ref().map(|r| &r.volumes),
+            }))?
+        );
     } else {
+        if let Some(t) = &thin_report {
+            for vm_id in &t.snapshots {
+                println!("removed orphaned thin disk of VM {vm_id}");
+            }
+            if !t.volumes.is_empty() {
+                println!(
+                    "removed {} unused image volume(s) from the thin pool",
+                    t.volumes.len()
+                );
+            }
+        }
         for id in &report.removed {
             println!("removed VM {id}");
         }
@@ -65,6 +85,30 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if report.errors.is_empty() { 0 } else { 1 })
+}
+
+/// Deletes thin-pool VM disks that no VM record names any more (their VM was collected above, or
+/// crashed before it was recorded) and image volumes nothing uses. Re-activates the pool after a
+/// reboot first. `None` when the host has no thin pool.
+fn thin_gc(env: &Env) -> anyhow::Result<Option<thin::GcReport>> {
+    let Some(ro) = env.open_db_read_only()? else {
+        return Ok(None);
+    };
+    if !store::has_tables(&ro)? || store::pool(&ro, thin::DEFAULT_POOL_NAME)?.is_none() {
+        return Ok(None);
+    }
+    drop(ro);
+    let db = crate::state::Db::open(&env.db_path())?;
+    let spec = crate::provision::thinpool::recorded_spec(
+        &db,
+        &env.root,
+        &env.config.paths.state_dir,
+        env.config.thinpool.max_used_percent,
+    )?;
+    let live: std::collections::BTreeSet<String> =
+        record::list(&db)?.into_iter().map(|r| r.id).collect();
+    let engine = ThinEngine::new(&db, spec)?;
+    Ok(Some(engine.gc(&|s| live.contains(&s.vm_id))?))
 }
 
 /// The VM table for `status`: what runs, who owns it, and what a dead owner left behind.

@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod gc;
+pub mod image;
 pub mod provision;
 pub mod run;
 pub mod status;

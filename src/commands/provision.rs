@@ -17,12 +17,7 @@ pub fn run(env: &Env, args: &ProvisionArgs) -> anyhow::Result<i32> {
     }
     let _lock = if dry_run { None } else { Some(env.lock()?) };
     let db = env.open_db_read_only()?;
-    let ctx = Ctx {
-        root: &env.root,
-        config: &env.config,
-        db: db.as_ref(),
-        privileged: env.privileged,
-    };
+    let ctx = Ctx::new(&env.root, &env.config, db.as_ref(), env.privileged);
     let steps = provision::steps();
     let mut the_plan = plan::make_plan(&steps, &ctx, &selection)?;
     render::attach_diffs(&mut the_plan);
@@ -50,7 +45,7 @@ pub fn run(env: &Env, args: &ProvisionArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     drop(db);
-    let (_, applied) = plan::apply::apply(&the_plan, &env.root, &env.db_path())?;
+    let (_, applied) = plan::apply::apply(&the_plan, &env.root, &env.config, &env.db_path())?;
     println!("Provisioned: {applied} change(s) applied and journaled. `fireclaw status` shows the result.");
     Ok(0)
 }

@@ -39,7 +39,8 @@ pub fn provision_ruleset(table: &str, bridge: &str, cidr: &Ipv4Cidr, nat: bool) 
 }
 
 fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<std::process::Output> {
-    let mut child = Command::new("nft")
+    let program = nft_path().unwrap_or_else(|| "nft".into());
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -74,9 +75,14 @@ pub enum TableProbe {
     Present(String),
     /// nft needs CAP_NET_ADMIN even to list; a dry-run as an ordinary user cannot know.
     NoPermission,
+    /// The nft program is not installed (yet: the packages step installs it).
+    NoTool,
 }
 
 pub fn probe_table(family: &str, name: &str) -> anyhow::Result<TableProbe> {
+    if !nft_installed() {
+        return Ok(TableProbe::NoTool);
+    }
     let out = nft(&["list", "table", family, name], None)?;
     if out.status.success() {
         return Ok(TableProbe::Present(
@@ -93,17 +99,34 @@ pub fn probe_table(family: &str, name: &str) -> anyhow::Result<TableProbe> {
     }
 }
 
+/// Where `nft` is: on PATH, or in the sbin directories an ordinary user's PATH often lacks.
+fn nft_path() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join("nft"))
+        .find(|p| p.is_file())
+}
+
+fn nft_installed() -> bool {
+    nft_path().is_some()
+}
+
 /// The table's current ruleset (for restoring it on uninstall), or `None` if there is none.
 pub fn dump_table(family: &str, name: &str) -> anyhow::Result<Option<String>> {
     match probe_table(family, name)? {
         TableProbe::Present(text) => Ok(Some(text)),
         TableProbe::Absent => Ok(None),
         TableProbe::NoPermission => anyhow::bail!("nft needs root to read table {family} {name}"),
+        TableProbe::NoTool => anyhow::bail!("nft is not installed (package nftables)"),
     }
 }
 
 pub fn delete_table(family: &str, name: &str) -> anyhow::Result<()> {
-    if probe_table(family, name)? == TableProbe::Absent {
+    if matches!(
+        probe_table(family, name)?,
+        TableProbe::Absent | TableProbe::NoTool
+    ) {
         return Ok(());
     }
     let out = nft(&["delete", "table", family, name], None)?;
@@ -125,7 +148,7 @@ pub fn table_matches(listed: &str, ruleset: &str) -> bool {
             .filter(|l| !l.is_empty() && !l.starts_with("delete table"))
             // The first two script lines (`table inet x` / `delete table inet x`) only make the
             // replace atomic; the listing starts at `table inet x {`.
-            .filter(|l| !(l.starts_with("table ") && !l.ends_with('{')))
+            .filter(|l| !l.starts_with("table ") || l.ends_with('{'))
             .collect()
     }
     canon(listed) == canon(ruleset)

@@ -88,12 +88,32 @@ pub enum Action {
     Systemctl {
         args: Vec<String>,
     },
-    /// Work done by a builder (kernel, images, thin pool) described in one line; `id` picks the builder.
+    /// Create the dm thin pool: sparse files under `<state_dir>/pool`, loop devices, the thin-pool
+    /// target. Recorded in the state database, from which it is re-activated after a reboot.
+    CreateThinPool {
+        state_dir: String,
+        data_mib: u64,
+        metadata_mib: u64,
+        block_sectors: u64,
+        max_used_percent: u8,
+    },
+    /// Copy an image into a new thin volume of the pool (once per image content).
+    ImportThinImage {
+        state_dir: String,
+        image: String,
+        path: String,
+        digest: String,
+    },
+    /// Work done by a builder (kernel, images) described in one line; `id` picks the builder.
     Build {
         id: String,
         description: String,
         /// Files the build creates, removed on uninstall.
         outputs: Vec<String>,
+        /// Directories the builder creates for its own use (staging trees, sources), which did not
+        /// exist when this was planned: removed whole on uninstall.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        scratch: Vec<String>,
     },
 }
 
@@ -127,6 +147,11 @@ pub enum Undo {
     RemoveFiles {
         paths: Vec<String>,
     },
+    /// Remove files, then directory trees that fireclaw created for itself.
+    RemoveBuild {
+        files: Vec<String>,
+        trees: Vec<String>,
+    },
     AptRemove {
         packages: Vec<String>,
     },
@@ -151,6 +176,10 @@ pub enum Undo {
     },
     Systemctl {
         args: Vec<String>,
+    },
+    /// Remove the thin pool's devices (VM disks, volumes, pool, loop devices), rows and files.
+    DestroyThinPool {
+        state_dir: String,
     },
     Nothing,
 }
@@ -223,6 +252,26 @@ impl Action {
                 format!("nft -f - (table {family} {name}, ruleset below)")
             }
             Action::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Action::CreateThinPool {
+                state_dir,
+                data_mib,
+                metadata_mib,
+                block_sectors,
+                ..
+            } => {
+                let dir = crate::storage::thin::pool_dir(state_dir);
+                format!(
+                    "create sparse {dir}/data.img ({data_mib} MiB) and {dir}/metadata.img ({metadata_mib} MiB), attach loop devices, create dm thin-pool fireclaw-pool (block {block_sectors} sectors, discard passdown, error_if_no_space)"
+                )
+            }
+            Action::ImportThinImage {
+                image,
+                path,
+                digest,
+                ..
+            } => format!(
+                "import image {image:?} from {path} into a new thin volume (content {digest})"
+            ),
             Action::Build { description, .. } => description.clone(),
         }
     }
@@ -258,9 +307,22 @@ impl Action {
                 },
                 None,
             ),
-            Action::InstallFromArchive { members, .. } => (
+            // The verified download is fireclaw's too: uninstall removes it with the binaries.
+            Action::InstallFromArchive {
+                members,
+                sha256,
+                cache_dir,
+                ..
+            } => (
                 Undo::RemoveFiles {
-                    paths: members.iter().map(|m| m.dest.clone()).collect(),
+                    paths: members
+                        .iter()
+                        .map(|m| m.dest.clone())
+                        .chain(std::iter::once(format!(
+                            "{cache_dir}/{}/{sha256}",
+                            crate::fetch::DOWNLOADS_DIR
+                        )))
+                        .collect(),
                 },
                 None,
             ),
@@ -299,16 +361,27 @@ impl Action {
                 },
                 None,
             ),
-            Action::Build { outputs, .. } => (
-                Undo::RemoveFiles {
-                    paths: outputs.clone(),
+            Action::Build {
+                outputs, scratch, ..
+            } => (
+                Undo::RemoveBuild {
+                    files: outputs.clone(),
+                    trees: scratch.clone(),
                 },
                 None,
             ),
+            Action::CreateThinPool { state_dir, .. } => (
+                Undo::DestroyThinPool {
+                    state_dir: state_dir.clone(),
+                },
+                None,
+            ),
+            // The pool's own undo removes every volume in it.
+            Action::ImportThinImage { .. } => (Undo::Nothing, None),
         })
     }
 
-    pub fn execute(&self, root: &RootPrefix) -> anyhow::Result<()> {
+    pub fn execute(&self, root: &RootPrefix, config: &crate::config::Config) -> anyhow::Result<()> {
         match self {
             // The engine opens the database itself (it needs the handle); see plan::apply.
             Action::CreateStateDb { .. } => Ok(()),
@@ -347,7 +420,30 @@ impl Action {
             Action::SetSysctl { key, value } => crate::net::sysctl::write(key, value),
             Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
             Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
-            Action::Build { id, .. } => crate::provision::build(root, id),
+            Action::Build { id, .. } => crate::provision::build(root, config, id),
+            Action::CreateThinPool {
+                state_dir,
+                data_mib,
+                metadata_mib,
+                block_sectors,
+                max_used_percent,
+            } => crate::provision::thinpool::create(
+                root,
+                state_dir,
+                crate::config::ThinPool {
+                    enabled: true,
+                    data_mib: *data_mib,
+                    metadata_mib: *metadata_mib,
+                    block_sectors: *block_sectors,
+                    max_used_percent: *max_used_percent,
+                },
+            ),
+            Action::ImportThinImage {
+                state_dir,
+                image,
+                path,
+                digest,
+            } => crate::provision::thinpool::import(root, state_dir, image, path, digest),
         }
         .with_context(|| format!("failed to {}", self.describe()))
     }
@@ -375,6 +471,10 @@ impl Undo {
             } => format!("restore previous {path} (mode {mode:04o})"),
             Undo::RestoreFile { path, .. } => format!("remove file {path}"),
             Undo::RemoveFiles { paths } => format!("remove {}", paths.join(", ")),
+            Undo::RemoveBuild { files, trees } => {
+                let all: Vec<&str> = files.iter().chain(trees).map(String::as_str).collect();
+                format!("remove {}", all.join(", "))
+            }
             Undo::AptRemove { packages } => format!("apt-get remove -y {}", packages.join(" ")),
             Undo::DeleteLink { name } => format!("ip link delete {name}"),
             Undo::DeleteAddress { link, cidr } => format!("ip address delete {cidr} dev {link}"),
@@ -384,6 +484,10 @@ impl Undo {
                 format!("nft delete table {family} {name} (restoring any previous table)")
             }
             Undo::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Undo::DestroyThinPool { state_dir } => format!(
+                "remove thin pool fireclaw-pool (VM disks, volumes, loop devices) and {}",
+                crate::storage::thin::pool_dir(state_dir)
+            ),
             Undo::Nothing => "nothing to undo".into(),
         }
     }
@@ -410,6 +514,14 @@ impl Undo {
             Undo::RemoveFiles { paths } => paths
                 .iter()
                 .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p))),
+            Undo::RemoveBuild { files, trees } => {
+                files
+                    .iter()
+                    .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p)))?;
+                trees
+                    .iter()
+                    .try_for_each(|p| fsops::remove_tree_if_exists(&root.host(p)))
+            }
             Undo::AptRemove { packages } => crate::provision::packages::apt_remove(packages),
             Undo::DeleteLink { name } => crate::net::link::delete(name),
             Undo::DeleteAddress { link, cidr } => crate::net::link::delete_address(link, cidr),
@@ -423,6 +535,9 @@ impl Undo {
                 }
             }
             Undo::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Undo::DestroyThinPool { state_dir } => {
+                crate::provision::thinpool::destroy(root, state_dir)
+            }
             Undo::Nothing => Ok(()),
         }
         .with_context(|| format!("failed to {}", self.describe()))
@@ -521,7 +636,9 @@ mod tests {
             systemctl_after: vec![],
         };
         let (undo, backup) = write.prepare_undo(&root).unwrap();
-        write.execute(&root).unwrap();
+        write
+            .execute(&root, &crate::config::Config::default())
+            .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("etc/keep")).unwrap(),
             b"ours\n"

@@ -31,6 +31,7 @@ fn step_bar(label: &str, len: u64) -> ProgressBar {
 pub fn apply(
     plan: &Plan,
     root: &RootPrefix,
+    config: &crate::config::Config,
     db_path: &Path,
 ) -> anyhow::Result<(Option<Db>, usize)> {
     if plan.is_blocked() {
@@ -87,7 +88,7 @@ pub fn apply(
                 backup.as_deref(),
             )?;
             action
-                .execute(root)
+                .execute(root, config)
                 .with_context(|| format!("step {}", step.name))?;
             journal.journal_set_status(id, JournalStatus::Done)?;
             applied += 1;

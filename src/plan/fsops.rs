@@ -156,6 +156,15 @@ pub fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Removes a whole directory tree that fireclaw created for its own use (a build's staging area).
+pub fn remove_tree_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
+    }
+}
+
 /// Removes a directory fireclaw created, but never one that someone has since put files into: those
 /// are the operator's, and uninstall leaves them (and says so through the error).
 pub fn remove_dir_if_empty(path: &Path) -> anyhow::Result<()> {

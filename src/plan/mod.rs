@@ -23,9 +23,27 @@ pub struct Ctx<'a> {
     pub db: Option<&'a Db>,
     /// Running with root privileges: some probes (nftables) need it; without it they say so.
     pub privileged: bool,
+    /// Directories that earlier steps of this plan will create, so a later step neither plans them
+    /// twice nor misses them when the earlier step is skipped.
+    pub planned_dirs: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn new(
+        root: &'a RootPrefix,
+        config: &'a Config,
+        db: Option<&'a Db>,
+        privileged: bool,
+    ) -> Self {
+        Ctx {
+            root,
+            config,
+            db,
+            privileged,
+            planned_dirs: Default::default(),
+        }
+    }
+
     pub fn host(&self, absolute: &str) -> std::path::PathBuf {
         self.root.host(absolute)
     }
@@ -144,8 +162,9 @@ impl Selection {
     }
 
     pub fn includes(&self, name: &str) -> bool {
-        // Preflight always runs: it is what keeps a broken host from being half-provisioned.
-        if name == "preflight" {
+        // Preflight keeps a broken host from being half-provisioned, and the state database is
+        // where every change is journaled: neither can be left out.
+        if name == "preflight" || name == "state" {
             return true;
         }
         (self.only.is_empty() || self.only.iter().any(|n| n == name))

@@ -1,5 +1,9 @@
 //! Guest kernel, rootfs images and the thin pool: the artefacts VMs are made from.
 
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::image;
 use crate::plan::{Action, Ctx, Step, StepPlan};
 use crate::root::RootPrefix;
 
@@ -7,8 +11,39 @@ pub struct Kernel;
 pub struct Images;
 pub struct ThinPoolStep;
 
-pub fn kernel_path(ctx: &Ctx) -> String {
-    format!("{}/vmlinux", ctx.config.paths.image_dir)
+/// Builder-owned directories under the cache (see `image::build` and `image::kernel`).
+const BUILDER_SCRATCH: &[&str] = &["staging", "hostkeys", "kernel-src"];
+
+/// A plan action for one builder target, or nothing when the target is up to date.
+fn build_action(ctx: &Ctx, id: String, target: &image::Target) -> Option<Action> {
+    if target.up_to_date() {
+        return None;
+    }
+    let host = |p: &std::path::Path| ctx.root.display(p);
+    let cache = ctx.config.paths.cache_dir.trim_end_matches('/');
+    let scratch = BUILDER_SCRATCH
+        .iter()
+        .map(|d| format!("{cache}/{d}"))
+        .filter(|d| !ctx.host(d).exists())
+        .collect();
+    let mut outputs: Vec<String> = target.outputs().iter().map(|p| host(p)).collect();
+    outputs.extend(
+        target
+            .downloads(&ctx.host(cache))
+            .iter()
+            .map(|p| host(p))
+            .filter(|p| !ctx.host(p).exists()),
+    );
+    Some(Action::Build {
+        id,
+        description: format!("build {}", target.describe()),
+        outputs,
+        scratch,
+    })
+}
+
+fn options(ctx: &Ctx) -> image::BuildOptions {
+    image::BuildOptions::from_config(ctx.root, ctx.config)
 }
 
 impl Step for Kernel {
@@ -21,17 +56,13 @@ impl Step for Kernel {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let out = kernel_path(ctx);
-        if ctx.host(&out).is_file() {
-            return Ok(StepPlan::default());
-        }
-        Ok(StepPlan::with_actions(vec![Action::Build {
-            id: "kernel".into(),
-            description: format!(
-                "build the guest kernel (`fireclaw image build kernel`) into {out}"
-            ),
-            outputs: vec![out],
-        }]))
+        let targets = image::plan(&options(ctx), &[image::KERNEL.to_string()])?;
+        Ok(StepPlan::with_actions(
+            targets
+                .iter()
+                .filter_map(|t| build_action(ctx, image::KERNEL.to_string(), t))
+                .collect(),
+        ))
     }
 }
 
@@ -45,18 +76,13 @@ impl Step for Images {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let mut actions = Vec::new();
-        for recipe in &ctx.config.images.recipes {
-            let out = format!("{}/{recipe}.ext4", ctx.config.paths.image_dir);
-            if !ctx.host(&out).is_file() {
-                actions.push(Action::Build {
-                    id: format!("image:{recipe}"),
-                    description: format!("build image {recipe:?} from rootfs-recipes/{recipe}.toml into {out} (+ {recipe}.manifest.json)"),
-                    outputs: vec![out.clone(), format!("{}/{recipe}.manifest.json", ctx.config.paths.image_dir)],
-                });
-            }
-        }
-        Ok(StepPlan::with_actions(actions))
+        let targets = image::plan(&options(ctx), &ctx.config.images.recipes)?;
+        Ok(StepPlan::with_actions(
+            targets
+                .iter()
+                .filter_map(|t| build_action(ctx, format!("image:{}", t.name()), t))
+                .collect(),
+        ))
     }
 }
 
@@ -70,27 +96,21 @@ impl Step for ThinPoolStep {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let t = &ctx.config.thinpool;
-        if !t.enabled {
-            return Ok(StepPlan::default()
-                .note("thinpool.enabled = false: VM disks are reflink/sparse copies"));
-        }
-        let data = format!("{}/pool/data.img", ctx.config.paths.state_dir);
-        let meta = format!("{}/pool/metadata.img", ctx.config.paths.state_dir);
-        if ctx.host(&data).is_file() && ctx.host(&meta).is_file() {
-            return Ok(StepPlan::default());
-        }
-        Ok(StepPlan::with_actions(vec![Action::Build {
-            id: "thinpool".into(),
-            description: format!(
-                "create sparse {data} ({} MiB) and {meta} ({} MiB), attach loop devices, dmsetup create fireclaw-pool (thin-pool, block {} sectors, discard passdown), import each image as a thin volume",
-                t.data_mib, t.metadata_mib, t.block_sectors
-            ),
-            outputs: vec![data, meta],
-        }]))
+        super::thinpool::plan(ctx)
     }
 }
 
-pub fn run_build(_root: &RootPrefix, id: &str) -> anyhow::Result<()> {
-    anyhow::bail!("builder {id:?} is not part of this build of fireclaw yet; run provision with --skip kernel,images,thinpool")
+/// Executes a `Build` action: re-plans the target (the key pair and sources now exist) and builds it.
+pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result<()> {
+    let name = match id {
+        "kernel" => image::KERNEL,
+        other => other
+            .strip_prefix("image:")
+            .with_context(|| format!("unknown builder {other:?}"))?,
+    };
+    let opts = image::BuildOptions::from_config(root, config);
+    for target in image::plan(&opts, &[name.to_string()])? {
+        image::build(&opts, &target)?;
+    }
+    Ok(())
 }

@@ -123,12 +123,26 @@ impl Step for FirecrackerStep {
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Some(false) => plan.actions.push(Action::InstallFromArchive {
-                url: release_url(&fc.url, &fc.version, arch),
-                sha256,
-                members,
-                cache_dir: ctx.config.paths.cache_dir.clone(),
-            }),
+            Some(false) => {
+                let downloads = format!(
+                    "{}/{}",
+                    ctx.config.paths.cache_dir.trim_end_matches('/'),
+                    fetch::DOWNLOADS_DIR
+                );
+                crate::provision::layout::plan_dir_tree(ctx, &downloads, 0o755, &mut plan.actions)?;
+                crate::provision::layout::plan_dir_tree(
+                    ctx,
+                    &ctx.config.paths.bin_dir,
+                    0o755,
+                    &mut plan.actions,
+                )?;
+                plan.actions.push(Action::InstallFromArchive {
+                    url: release_url(&fc.url, &fc.version, arch),
+                    sha256,
+                    members,
+                    cache_dir: ctx.config.paths.cache_dir.clone(),
+                });
+            }
         }
         Ok(plan)
     }

@@ -25,10 +25,7 @@ pub fn plan_dir_tree(
             break;
         }
         let p_str = p.to_string_lossy().into_owned();
-        let planned = out
-            .iter()
-            .any(|a| matches!(a, Action::CreateDir { path, .. } if *path == p_str));
-        if planned {
+        if ctx.planned_dirs.borrow().contains(&p_str) {
             break;
         }
         match fsops::plan_dir(ctx, &p_str, if p_str == path { mode } else { 0o755 })? {
@@ -37,7 +34,13 @@ pub fn plan_dir_tree(
         }
         current = p.parent();
     }
-    out.extend(missing.into_iter().rev());
+    let mut planned = ctx.planned_dirs.borrow_mut();
+    for action in missing.into_iter().rev() {
+        if let Action::CreateDir { path, .. } = &action {
+            planned.insert(path.clone());
+        }
+        out.push(action);
+    }
     Ok(())
 }
 
@@ -56,6 +59,12 @@ impl Step for Layout {
         plan_dir_tree(ctx, &p.config_dir, 0o755, &mut actions)?;
         plan_dir_tree(ctx, &p.image_dir, 0o750, &mut actions)?;
         plan_dir_tree(ctx, &p.cache_dir, 0o755, &mut actions)?;
+        let downloads = format!(
+            "{}/{}",
+            p.cache_dir.trim_end_matches('/'),
+            crate::fetch::DOWNLOADS_DIR
+        );
+        plan_dir_tree(ctx, &downloads, 0o755, &mut actions)?;
         let key = format!("{}/{SSH_KEY_FILE}", p.config_dir);
         let have_private = ctx.host(&key).exists();
         let have_public = ctx.host(&format!("{key}.pub")).exists();

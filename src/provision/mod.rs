@@ -11,6 +11,7 @@ pub mod packages;
 pub mod preflight;
 pub mod state_db;
 pub mod systemd;
+pub mod thinpool;
 
 use crate::plan::Step;
 use crate::root::RootPrefix;
@@ -38,8 +39,8 @@ pub fn step_names() -> Vec<&'static str> {
 }
 
 /// Runs a builder named by a plan's `Build` action.
-pub fn build(root: &RootPrefix, id: &str) -> anyhow::Result<()> {
-    artifacts::run_build(root, id)
+pub fn build(root: &RootPrefix, config: &crate::config::Config, id: &str) -> anyhow::Result<()> {
+    artifacts::run_build(root, config, id)
 }
 
 /// Whether fireclaw should talk to systemd: only on the real root, and only when systemd runs.

@@ -64,6 +64,11 @@ impl Step for Network {
         let needed = match nft::probe_table("inet", &n.nft_table)? {
             nft::TableProbe::Present(listed) => !nft::table_matches(&listed, &ruleset),
             nft::TableProbe::Absent => true,
+            nft::TableProbe::NoTool => {
+                plan.notes
+                    .push("nft is not installed yet (the packages step installs nftables)".into());
+                true
+            }
             nft::TableProbe::NoPermission => {
                 plan.notes.push("nftables cannot be read without root; the table is shown as it would be written".into());
                 true

@@ -110,7 +110,7 @@ fn free_bytes(mut path: &Path) -> Option<u64> {
     // The state directory may not exist yet: measure the nearest ancestor that does.
     loop {
         if let Ok(st) = nix::sys::statvfs::statvfs(path) {
-            return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
+            return Some(st.blocks_available() * st.fragment_size());
         }
         path = path.parent()?;
     }

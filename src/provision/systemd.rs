@@ -34,7 +34,7 @@ pub fn systemctl(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_enabled(unit: &str) -> bool {
+pub fn is_enabled(unit: &str) -> bool {
     Command::new("systemctl")
         .args(["is-enabled", "--quiet", unit])
         .status()

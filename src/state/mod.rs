@@ -57,6 +57,40 @@ const MIGRATIONS: &[&str] = &[
         vm_id TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL
      );",
+    // 3: the dm thin pool (storage::thin). A row is written *before* the kernel object it names
+    // (state `creating`), so a crash leaves a row that re-activation or `gc` can finish or delete.
+    // `dev_id` is dm-thin's 24-bit device id, unique per pool across images and snapshots.
+    "CREATE TABLE thin_pools (
+        name TEXT PRIMARY KEY,
+        data_file TEXT NOT NULL,
+        metadata_file TEXT NOT NULL,
+        data_sectors INTEGER NOT NULL,
+        metadata_sectors INTEGER NOT NULL,
+        block_sectors INTEGER NOT NULL,
+        low_water_blocks INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE thin_volumes (
+        pool TEXT NOT NULL REFERENCES thin_pools(name),
+        dev_id INTEGER NOT NULL,
+        image TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size_sectors INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'retired')),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (pool, dev_id)
+     );
+     CREATE TABLE thin_snapshots (
+        pool TEXT NOT NULL REFERENCES thin_pools(name),
+        dev_id INTEGER NOT NULL,
+        origin INTEGER NOT NULL,
+        vm_id TEXT NOT NULL UNIQUE,
+        owner_pid INTEGER NOT NULL,
+        size_sectors INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'active')),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (pool, dev_id)
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! records before the disk exists so that `fireclaw gc` can remove it after a crash.
 
 pub mod clone;
+pub mod thin;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,244 @@
+//! The `thinpool` step: plan and apply the dm thin pool and the import of each built image.
+//! The engine itself lives in `storage::thin`; this is the glue to the plan and the journal.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::config::ThinPool;
+use crate::plan::{Action, Ctx, StepPlan};
+use crate::provision::state_db::db_path;
+use crate::root::RootPrefix;
+use crate::state::Db;
+use crate::storage::thin::{
+    self, store, EngineChoice, PoolGeometry, PoolSpec, ThinEngine, ThinError,
+};
+
+/// Identifies an image file's content cheaply (size and modification time): a rebuilt image gets
+/// a new identity and so a new thin volume, without hashing gigabytes while planning.
+pub fn image_identity(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok(format!(
+        "size {} mtime {}.{:09}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
+}
+
+pub fn plan(ctx: &Ctx) -> anyhow::Result<StepPlan> {
+    let t = &ctx.config.thinpool;
+    if !t.enabled {
+        return Ok(StepPlan::default()
+            .note("thinpool.enabled = false: VM disks are reflink/sparse copies"));
+    }
+    if let EngineChoice::ReflinkCopy { reason } = thin::choose_engine(ctx.config) {
+        return Ok(StepPlan::default().note(format!(
+            "no thin pool on this host ({reason}); VM disks are reflink/sparse copies"
+        )));
+    }
+    // Validates the geometry now, so a bad config fails the plan rather than the apply.
+    PoolGeometry::new(
+        t.data_mib,
+        t.metadata_mib,
+        t.block_sectors,
+        t.max_used_percent,
+    )?;
+    let state_dir = ctx.config.paths.state_dir.clone();
+    let recorded = ctx.db.filter(|db| store::has_tables(db).unwrap_or(false));
+    let pool_exists = match recorded {
+        Some(db) => store::pool(db, thin::DEFAULT_POOL_NAME)?.is_some(),
+        None => false,
+    };
+    let mut actions = Vec::new();
+    if !pool_exists {
+        actions.push(Action::CreateThinPool {
+            state_dir: state_dir.clone(),
+            data_mib: t.data_mib,
+            metadata_mib: t.metadata_mib,
+            block_sectors: t.block_sectors,
+            max_used_percent: t.max_used_percent,
+        });
+    }
+    let volumes = match (recorded, pool_exists) {
+        (Some(db), true) => store::volumes(db, thin::DEFAULT_POOL_NAME)?,
+        _ => Vec::new(),
+    };
+    for recipe in &ctx.config.images.recipes {
+        let path = format!("{}/{recipe}.ext4", ctx.config.paths.image_dir);
+        let Ok(digest) = image_identity(&ctx.host(&path)) else {
+            // Not built yet: the images step builds it, the next provision imports it.
+            continue;
+        };
+        let imported = volumes.iter().any(|v| {
+            v.image == *recipe && v.digest == digest && v.state == store::VolumeState::Ready
+        });
+        if !imported {
+            actions.push(Action::ImportThinImage {
+                state_dir: state_dir.clone(),
+                image: recipe.clone(),
+                path,
+                digest,
+            });
+        }
+    }
+    Ok(StepPlan::with_actions(actions))
+}
+
+fn open_db(root: &RootPrefix, state_dir: &str) -> anyhow::Result<Db> {
+    let path = root.host(db_path(state_dir));
+    Db::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn spec(root: &RootPrefix, state_dir: &str, t: &ThinPool) -> Result<PoolSpec, ThinError> {
+    Ok(PoolSpec {
+        name: thin::DEFAULT_POOL_NAME.into(),
+        dir: root.host(thin::pool_dir(state_dir)),
+        geometry: PoolGeometry::new(
+            t.data_mib,
+            t.metadata_mib,
+            t.block_sectors,
+            t.max_used_percent,
+        )?,
+        max_used_percent: t.max_used_percent,
+    })
+}
+
+pub fn create(root: &RootPrefix, state_dir: &str, t: ThinPool) -> anyhow::Result<()> {
+    let db = open_db(root, state_dir)?;
+    ThinEngine::new(&db, spec(root, state_dir, &t)?)?.create_pool()?;
+    Ok(())
+}
+
+pub fn import(
+    root: &RootPrefix,
+    state_dir: &str,
+    image: &str,
+    path: &str,
+    digest: &str,
+) -> anyhow::Result<()> {
+    let db = open_db(root, state_dir)?;
+    let engine = ThinEngine::new(
+        &db,
+        recorded_spec(&db, root, state_dir, ThinPool::default().max_used_percent)?,
+    )?;
+    engine.import_image(image, digest, &root.host(path))?;
+    Ok(())
+}
+
+/// The pool's spec from its database row (geometry as created, whatever the config says now);
+/// the refusal threshold is policy, so it comes from the config in effect.
+pub fn recorded_spec(
+    db: &Db,
+    root: &RootPrefix,
+    state_dir: &str,
+    max_used_percent: u8,
+) -> anyhow::Result<PoolSpec> {
+    let defaults = ThinPool {
+        max_used_percent,
+        ..ThinPool::default()
+    };
+    let mut spec = spec(root, state_dir, &defaults)?;
+    if let Some(row) = store::pool(db, thin::DEFAULT_POOL_NAME)? {
+        spec.geometry = PoolGeometry {
+            data_sectors: row.data_sectors,
+            metadata_sectors: row.metadata_sectors,
+            block_sectors: row.block_sectors,
+            low_water_blocks: row.low_water_blocks,
+        };
+    }
+    Ok(spec)
+}
+
+/// The undo of [`create`]: idempotent, and works on a host that has lost device-mapper (then
+/// nothing of the pool can be active, so only rows and files are left to remove).
+pub fn destroy(root: &RootPrefix, state_dir: &str) -> anyhow::Result<()> {
+    let db_file = root.host(db_path(state_dir));
+    let dir = root.host(thin::pool_dir(state_dir));
+    if db_file.exists() {
+        let db = open_db(root, state_dir)?;
+        let spec = recorded_spec(&db, root, state_dir, ThinPool::default().max_used_percent)?;
+        match ThinEngine::new(&db, spec) {
+            Ok(engine) => return Ok(engine.destroy_pool()?),
+            Err(ThinError::NoDeviceMapper { .. }) => {
+                store::delete_pool(&db, thin::DEFAULT_POOL_NAME)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for f in ["data.img", "metadata.img", "pool.lock"] {
+        crate::plan::fsops::remove_file_if_exists(&dir.join(f))?;
+    }
+    crate::plan::fsops::remove_dir_if_empty(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::plan::Undo;
+
+    #[test]
+    fn disabled_pool_plans_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        let mut config = Config::default();
+        config.thinpool.enabled = false;
+        let ctx = Ctx::new(&root, &config, None, false);
+        let p = plan(&ctx).unwrap();
+        assert!(p.actions.is_empty());
+        assert!(p.notes[0].contains("reflink"));
+    }
+
+    #[test]
+    fn create_action_describes_and_undoes_the_pool() {
+        let a = Action::CreateThinPool {
+            state_dir: "/var/lib/fireclaw".into(),
+            data_mib: 1024,
+            metadata_mib: 64,
+            block_sectors: 128,
+            max_used_percent: 90,
+        };
+        let text = a.describe();
+        assert!(
+            text.contains("/var/lib/fireclaw/pool/data.img (1024 MiB)")
+                && text.contains("fireclaw-pool"),
+            "{text}"
+        );
+        let root = RootPrefix::new("/nonexistent");
+        let (undo, backup) = a.prepare_undo(&root).unwrap();
+        assert!(backup.is_none());
+        assert_eq!(
+            undo,
+            Undo::DestroyThinPool {
+                state_dir: "/var/lib/fireclaw".into()
+            }
+        );
+        let json = serde_json::to_string(&undo).unwrap();
+        assert_eq!(serde_json::from_str::<Undo>(&json).unwrap(), undo);
+    }
+
+    #[test]
+    fn destroy_without_a_pool_is_a_no_op_and_removes_stray_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        destroy(&root, "/var/lib/fireclaw").unwrap();
+        let pool = dir.path().join("var/lib/fireclaw/pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        std::fs::write(pool.join("data.img"), b"").unwrap();
+        // No state database: nothing is recorded, so only the files go.
+        destroy(&root, "/var/lib/fireclaw").unwrap();
+        assert!(!pool.exists());
+    }
+
+    #[test]
+    fn image_identity_changes_when_the_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("base.ext4");
+        std::fs::write(&f, b"one").unwrap();
+        let a = image_identity(&f).unwrap();
+        std::fs::write(&f, b"second build").unwrap();
+        assert_ne!(a, image_identity(&f).unwrap());
+    }
+}

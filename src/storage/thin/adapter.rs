@@ -1,0 +1,100 @@
+//! The small owned façade a per-VM disk trait (`DiskEngine`, from the VM lifecycle work) can be
+//! implemented on: it holds paths, not a database borrow, so it is `Send + Sync + 'static`, and
+//! opens the state database per call (cheap, and safe across threads and processes: the pool lock
+//! serializes what the kernel needs serialized).
+
+use std::path::{Path, PathBuf};
+
+use super::{owner_alive, GcReport, ThinEngine, ThinError, VmDisk};
+use crate::root::RootPrefix;
+use crate::state::Db;
+
+#[derive(Debug, Clone)]
+pub struct ThinDisks {
+    root: RootPrefix,
+    state_dir: String,
+    max_used_percent: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Thin(#[from] ThinError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl ThinDisks {
+    pub fn new(root: RootPrefix, config: &crate::config::Config) -> Self {
+        ThinDisks {
+            root,
+            state_dir: config.paths.state_dir.clone(),
+            max_used_percent: config.thinpool.max_used_percent,
+        }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.root
+            .host(crate::provision::state_db::db_path(&self.state_dir))
+    }
+
+    fn with_engine<T>(
+        &self,
+        f: impl FnOnce(&ThinEngine) -> Result<T, ThinError>,
+    ) -> Result<T, AdapterError> {
+        let db = Db::open(&self.db_path())?;
+        let spec = crate::provision::thinpool::recorded_spec(
+            &db,
+            &self.root,
+            &self.state_dir,
+            self.max_used_percent,
+        )?;
+        let engine = ThinEngine::new(&db, spec)?;
+        Ok(f(&engine)?)
+    }
+
+    /// `image` is an image name (`base`) or its file (`…/images/base.ext4`).
+    pub fn clone_for_vm(&self, image: &str, vm_id: &str) -> Result<VmDisk, AdapterError> {
+        let name = image_name(image);
+        self.with_engine(|e| e.clone_for_vm(&name, vm_id))
+    }
+
+    pub fn destroy(&self, disk: &VmDisk) -> Result<(), AdapterError> {
+        self.with_engine(|e| e.destroy_vm_disk(&disk.vm_id))
+    }
+
+    pub fn gc(&self) -> Result<GcReport, AdapterError> {
+        self.with_engine(|e| e.gc(&owner_alive))
+    }
+}
+
+fn image_name(image: &str) -> String {
+    let p = Path::new(image);
+    if image.contains('/') {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| image.to_string())
+    } else {
+        image.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_names_from_paths() {
+        assert_eq!(
+            super::image_name("/var/lib/fireclaw/images/base.ext4"),
+            "base"
+        );
+        assert_eq!(super::image_name("agent"), "agent");
+    }
+
+    #[test]
+    fn adapter_is_thread_safe() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<super::ThinDisks>();
+    }
+}

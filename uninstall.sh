@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Reverse install.sh: `fireclaw uninstall` (every change provision journaled), then remove the binary.
+#
+#   ./uninstall.sh             uninstall and remove /usr/local/bin/fireclaw
+#   ./uninstall.sh --dry-run   show what would be reversed; changes nothing
+#
+# Environment: FIRECLAW_ROOT as for install.sh.
+set -euo pipefail
+
+root=${FIRECLAW_ROOT:-/}
+root=${root%/}
+dest="$root/usr/local/bin/fireclaw"
+
+say() { printf 'uninstall.sh: %s\n' "$*" >&2; }
+
+if [ ! -x "$dest" ]; then
+  say "$dest not found: nothing to uninstall (was fireclaw installed with install.sh?)"
+  exit 1
+fi
+
+if [ "${1:-}" = "--dry-run" ]; then
+  "$dest" --root "${root:-/}" uninstall "$@"
+  say "would remove $dest"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "uninstalling needs root: run sudo $0, or add --dry-run to see the plan"
+  exit 1
+fi
+
+"$dest" --root "${root:-/}" uninstall "$@"
+rm -f "$dest"
+say "removed $dest"
