@@ -27,6 +27,8 @@ fn tap_on_bridge_and_policy_rules_come_and_go() {
             "{link}"
         );
         assert!(tap::list_fireclaw_taps().unwrap().contains(&t));
+        // A second VM can never end up on the same tap.
+        assert!(tap::create(&t, "fcbr0").is_err());
         assert!(tap::create("fc-nobridge", "nosuchbr")
             .unwrap_err()
             .to_string()

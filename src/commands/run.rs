@@ -164,11 +164,16 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
     let keep = args.keep;
     let verbose = args.verbose;
     let boot_started = Instant::now();
-    let mut boot_ms = 0u64;
     let mut exec_ms = 0u64;
+    // Set once SSH answers, so a timeout or error can say which phase it interrupted.
+    let ready_ms = std::sync::atomic::AtomicU64::new(0);
     let work = async {
         let session = ssh::wait_ready(&target, deadline).await?;
         let ready = boot_started.elapsed();
+        ready_ms.store(
+            (ready.as_millis() as u64).max(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if verbose {
             eprintln!("fireclaw: SSH ready after {} ms", ready.as_millis());
         }
@@ -203,6 +208,8 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
             }
         }
     };
+    let booted = ready_ms.load(std::sync::atomic::Ordering::SeqCst) > 0;
+    let mut boot_ms = ready_ms.load(std::sync::atomic::Ordering::SeqCst);
     let ip = machine.ip.map(|i| i.to_string());
     let (code, what) = match outcome {
         Ok(Ok((exit, ready, exec))) => {
@@ -224,10 +231,10 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
             (code, what)
         }
         Ok(Err(e)) => {
-            let phase = if boot_ms == 0 {
-                "reaching the guest"
-            } else {
+            let phase = if booted {
                 "running the command"
+            } else {
+                "reaching the guest"
             };
             eprintln!("error: {phase}: {e}");
             print_console(&machine);
@@ -241,13 +248,13 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
             eprintln!(
                 "fireclaw: timed out after {}s ({}); destroying VM {id}",
                 args.timeout,
-                if machine.timings.boot_to_ssh_ms == 0 {
-                    "the guest never answered SSH"
-                } else {
+                if booted {
                     "the command was still running"
+                } else {
+                    "the guest never answered SSH"
                 }
             );
-            if machine.timings.boot_to_ssh_ms == 0 {
+            if !booted {
                 print_console(&machine);
             }
             (EXIT_TIMEOUT, "timeout".into())
@@ -272,7 +279,7 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
         exit_code: code,
         outcome: what,
     };
-    let kept = keep && boot_ms > 0;
+    let kept = keep && booted;
     if kept {
         let key = host.key_path();
         match machine.keep() {
@@ -324,4 +331,58 @@ fn fail(mut machine: Machine, message: &str) -> i32 {
         eprintln!("warning: cleanup of VM {}: {e}", machine.id);
     }
     EXIT_FIRECLAW
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::cli::RunArgs, String> {
+        let mut argv = vec!["fireclaw", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Run(r),
+                ..
+            }) => Ok(r),
+            Ok(_) => Err("not run".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn command_words_after_double_dash_are_kept_verbatim() {
+        let r = parse(&[
+            "--vmm", "qemu", "--", "sh", "-c", "exit 7", "--", "--policy",
+        ])
+        .unwrap();
+        assert_eq!(r.command, ["sh", "-c", "exit 7", "--", "--policy"]);
+        assert_eq!(r.vmm, Some(crate::vmm::VmmKind::Qemu));
+        assert_eq!(r.policy, crate::net::policy::Policy::Full);
+        assert_eq!(r.timeout, 300);
+        let r = parse(&["--keep"]).unwrap();
+        assert!(r.keep && r.command.is_empty());
+    }
+
+    #[test]
+    fn hostile_arguments_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (&["uname"][..], "uname"),
+            (&[][..], "CMD"),
+            (&["--cpus", "0", "--", "true"][..], "--cpus"),
+            (&["--cpus", "99", "--", "true"][..], "--cpus"),
+            (&["--cpus", "-1", "--", "true"][..], "-1"),
+            (&["--mem", "10", "--", "true"][..], "--mem"),
+            (&["--mem", "4294967296", "--", "true"][..], "--mem"),
+            (&["--timeout", "0", "--", "true"][..], "--timeout"),
+            (&["--timeout", "1e3", "--", "true"][..], "--timeout"),
+            (&["--policy", "FULL", "--", "true"][..], "--policy"),
+            (&["--policy", "", "--", "true"][..], "--policy"),
+            (&["--vmm", "kvm", "--", "true"][..], "--vmm"),
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} was accepted"));
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
 }

@@ -46,6 +46,8 @@ struct IfReq {
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
+/// Fail if the device exists instead of attaching to it: two VMs must never share a tap.
+const IFF_TUN_EXCL: i16 = 0x8000u16 as i16;
 
 nix::ioctl_write_ptr_bad!(
     tunsetiff,
@@ -92,7 +94,7 @@ pub fn create(name: &str, bridge: &str) -> Result<(), TapError> {
         .map_err(TapError::OpenTun)?;
     let mut req = IfReq {
         name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI,
+        flags: IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
