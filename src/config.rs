@@ -385,11 +385,10 @@ impl Config {
             ));
         }
         let mirror = &self.images.alpine_mirror;
-        if !mirror.is_empty()
-            && !(mirror.starts_with("https://")
-                || mirror.starts_with("http://")
-                || mirror.starts_with("file://"))
-        {
+        let scheme_ok = ["https://", "http://", "file://"]
+            .iter()
+            .any(|p| mirror.starts_with(p));
+        if !mirror.is_empty() && !scheme_ok {
             return Err(invalid(
                 "images.alpine_mirror",
                 format!("expected an https://, http:// or file:// URL, got {mirror:?}"),
