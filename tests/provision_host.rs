@@ -611,3 +611,42 @@ fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
         .is_some_and(|f| f.contains("Debian 12/13")));
     assert_eq!(fx.host_state(), before);
 }
+
+#[test]
+fn reprovisioning_leaves_running_vms_policy_rules_alone() {
+    if !host_tier() {
+        return;
+    }
+    use fireclaw::net::policy::{install_script, Policy, VmRules};
+    let (archive, digest) = release_archive();
+    let fx = fixture("vmrules", &archive, &digest);
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    let script = install_script(&VmRules {
+        table: "fireclaw",
+        bridge: "fcbr0",
+        bridge_ip: "172.16.0.1".parse().expect("ip"),
+        irc_port: 6667,
+        tap: "fctap-test",
+        guest_ip: "172.16.0.9".parse().expect("ip"),
+        policy: Policy::Local,
+    })
+    .expect("a local policy has rules");
+    let mut nft = fx.ns.cmd("nft", &["-f", "-"]);
+    let mut child = nft.stdin(Stdio::piped()).spawn().expect("nft");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), script.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("nft").success());
+
+    let plan = fx.plan_json(&["--only", "network"]);
+    assert_eq!(
+        plan["action_count"], 0,
+        "a running VM's rules looked like drift: {plan:#}"
+    );
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    let table = run_ok(&mut fx.ns.cmd("nft", &["list", "table", "inet", "fireclaw"]));
+    assert!(
+        table.contains("chain vm_fctap_test") && table.contains("fc:fctap-test"),
+        "{table}"
+    );
+    run_ok(&mut fx.fireclaw(&["uninstall"]));
+}

@@ -24,6 +24,10 @@ pub fn provision_ruleset(table: &str, bridge: &str, cidr: &Ipv4Cidr, nat: bool) 
          \t}}\n\
          \tchain guest_egress {{\n\
          \t\taccept\n\
+         \t}}\n\
+         \tchain guest_input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" jump guest_egress\n\
          \t}}\n"
     ));
     if nat {
@@ -143,7 +147,8 @@ pub fn delete_table(family: &str, name: &str) -> anyhow::Result<()> {
 /// its own canonical form, so compare the meaningful lines, not bytes.
 pub fn table_matches(listed: &str, ruleset: &str) -> bool {
     fn canon(text: &str) -> Vec<String> {
-        text.lines()
+        without_vm_rules(text)
+            .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|l| !l.is_empty() && !l.starts_with("delete table"))
             // The first two script lines (`table inet x` / `delete table inet x`) only make the
@@ -152,6 +157,31 @@ pub fn table_matches(listed: &str, ruleset: &str) -> bool {
             .collect()
     }
     canon(listed) == canon(ruleset)
+}
+
+/// The listing minus what running VMs add at run time (their `vm_*` chains and the jumps tagged
+/// `fc:<tap>`, see `net::policy`): those are not provision's, and must not make provision think its
+/// table changed (replacing the table would drop the running VMs' rules).
+fn without_vm_rules(listing: &str) -> String {
+    let mut out = String::new();
+    let mut in_vm_chain = false;
+    for line in listing.lines() {
+        let t = line.trim();
+        if in_vm_chain {
+            in_vm_chain = t != "}";
+            continue;
+        }
+        if t.starts_with("chain vm_") && t.ends_with('{') {
+            in_vm_chain = true;
+            continue;
+        }
+        if t.contains("comment \"fc:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -175,5 +205,24 @@ mod tests {
         let listed: String = r.lines().skip(2).map(|l| format!("  {l}  \n")).collect();
         assert!(table_matches(&listed, &r));
         assert!(!table_matches(&listed.replace("fcbr0", "other"), &r));
+    }
+
+    #[test]
+    fn running_vms_rules_do_not_count_as_drift() {
+        let cidr = Ipv4Cidr::parse("172.16.0.1/24").unwrap();
+        let r = provision_ruleset("fireclaw", "fcbr0", &cidr, true);
+        let listed: String = r.lines().skip(2).map(|l| format!("{l}\n")).collect();
+        let with_vm = listed.replace(
+            "\tchain guest_egress {\n",
+            "\tchain guest_egress {\n\t\tip saddr 172.16.0.2 jump vm_fctap1 comment \"fc:fctap1\"\n",
+        ) + "\tchain vm_fctap1 {\n\t\tct state established,related accept\n\t\tdrop\n\t}\n";
+        assert_ne!(with_vm, listed);
+        assert!(table_matches(&with_vm, &r));
+        // A hand-added rule that is not a VM's still counts.
+        let tampered = listed.replace(
+            "\t\taccept\n\t}\n\tchain guest_input",
+            "\t\tdrop\n\t}\n\tchain guest_input",
+        );
+        assert!(!table_matches(&tampered, &r));
     }
 }
