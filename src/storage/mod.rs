@@ -29,6 +29,8 @@ pub enum StorageError {
     },
     #[error("VM id {0:?} is not usable in a file name (expected letters, digits, `-`)")]
     BadId(String),
+    #[error("thin pool: {0}")]
+    Thin(String),
     #[error("disk record belongs to engine {found:?}, not {expected:?}")]
     WrongEngine { expected: String, found: String },
 }

@@ -23,6 +23,7 @@ use crate::net::{lease, tap, Ipv4Cidr};
 use crate::root::RootPrefix;
 use crate::state::Db;
 use crate::storage::clone::CloneEngine;
+use crate::storage::thin::adapter::ThinDisks;
 use crate::storage::{DiskEngine, VmDisk};
 use crate::vmm::{self, Boot, Instance, VmSpec, VmmKind};
 use image::ImageSpec;
@@ -48,16 +49,31 @@ impl Host {
             .join(id)
     }
 
+    /// The reflink/sparse-copy engine: works everywhere.
     pub fn disk_engine(&self) -> Box<dyn DiskEngine> {
         Box::new(CloneEngine::new(
             self.root.host(&self.config.paths.state_dir).join("disks"),
         ))
     }
 
+    /// The engine for a VM booting `image`: a thin snapshot when the thin pool holds that image
+    /// (O(1) in its size), else a reflink/sparse copy.
+    pub fn disk_engine_for_image(&self, image: &Path) -> Box<dyn DiskEngine> {
+        let thin = ThinDisks::new(self.root.clone(), &self.config);
+        if self.config.thinpool.enabled && thin.serves(image) {
+            Box::new(thin)
+        } else {
+            self.disk_engine()
+        }
+    }
+
     /// The engine that made `disk`, by the name recorded with it.
     pub fn disk_engine_for(&self, disk: &VmDisk) -> Option<Box<dyn DiskEngine>> {
-        let engine = self.disk_engine();
-        (engine.name() == disk.engine).then_some(engine)
+        let engines: [Box<dyn DiskEngine>; 2] = [
+            self.disk_engine(),
+            Box::new(ThinDisks::new(self.root.clone(), &self.config)),
+        ];
+        engines.into_iter().find(|e| e.name() == disk.engine)
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -187,7 +203,7 @@ impl Machine {
     fn build(&mut self, opts: &LaunchOptions) -> anyhow::Result<()> {
         let host = self.host.clone();
         let db = host.db()?;
-        let engine = host.disk_engine();
+        let engine = host.disk_engine_for_image(&opts.image.rootfs);
         let bridge = host.bridge_cidr()?;
         record::insert(
             &db,
@@ -524,6 +540,37 @@ pub fn gc(host: &Host, all: bool, only: Option<&str>) -> anyhow::Result<GcReport
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disks_are_destroyed_by_the_engine_that_made_them_and_unimported_images_get_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host {
+            root: RootPrefix::new(dir.path()),
+            config: Config::default(),
+            db_path: dir.path().join("state.db"),
+        };
+        let disk = |engine: &str| VmDisk {
+            engine: engine.into(),
+            path: "/x".into(),
+            method: crate::storage::CloneMethod::SparseCopy,
+            handle: String::new(),
+        };
+        assert_eq!(
+            host.disk_engine_for(&disk("thin")).map(|e| e.name()),
+            Some("thin")
+        );
+        assert_eq!(
+            host.disk_engine_for(&disk("clone")).map(|e| e.name()),
+            Some("clone")
+        );
+        assert!(host.disk_engine_for(&disk("zfs")).is_none());
+        // No pool recorded: the clone engine, whatever the image.
+        assert_eq!(
+            host.disk_engine_for_image(Path::new("/img/base.ext4"))
+                .name(),
+            "clone"
+        );
+    }
 
     #[test]
     fn ids_are_distinct_and_name_safe() {

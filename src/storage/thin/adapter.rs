@@ -70,6 +70,74 @@ impl ThinDisks {
     }
 }
 
+/// Name under which VM disks made here are recorded (`VmDisk::engine`).
+pub const ENGINE_NAME: &str = "thin";
+
+impl ThinDisks {
+    /// True when `image` can get thin disks: device-mapper is here, the pool is recorded and the
+    /// image was imported into it. Reads only; callers fall back to the clone engine otherwise.
+    pub fn serves(&self, image: &Path) -> bool {
+        let Ok(Some(db)) = Db::open_read_only(&self.db_path()) else {
+            return false;
+        };
+        let name = image_name(&image.to_string_lossy());
+        super::probe_device_mapper().is_ok()
+            && super::store::has_tables(&db).unwrap_or(false)
+            && super::store::volumes(&db, super::DEFAULT_POOL_NAME)
+                .map(|v| {
+                    v.iter()
+                        .any(|v| v.image == name && v.state == super::store::VolumeState::Ready)
+                })
+                .unwrap_or(false)
+    }
+}
+
+fn storage_error(e: AdapterError) -> crate::storage::StorageError {
+    crate::storage::StorageError::Thin(e.to_string())
+}
+
+impl crate::storage::DiskEngine for ThinDisks {
+    fn name(&self) -> &'static str {
+        ENGINE_NAME
+    }
+
+    fn planned_path(&self, vm_id: &str) -> Result<PathBuf, crate::storage::StorageError> {
+        crate::storage::check_id(vm_id)?;
+        let spec = self
+            .with_engine(|e| Ok(e.spec().clone()))
+            .map_err(storage_error)?;
+        Ok(Path::new("/dev/mapper").join(spec.vm_dm_name(vm_id)))
+    }
+
+    fn clone_for_vm(
+        &self,
+        image: &Path,
+        vm_id: &str,
+    ) -> Result<crate::storage::VmDisk, crate::storage::StorageError> {
+        crate::storage::check_id(vm_id)?;
+        let disk = ThinDisks::clone_for_vm(self, &image.to_string_lossy(), vm_id)
+            .map_err(storage_error)?;
+        Ok(crate::storage::VmDisk {
+            engine: ENGINE_NAME.into(),
+            path: disk.path,
+            method: crate::storage::CloneMethod::ThinSnapshot,
+            // The thin engine finds a VM's snapshot by VM id.
+            handle: disk.vm_id,
+        })
+    }
+
+    fn destroy(&self, disk: &crate::storage::VmDisk) -> Result<(), crate::storage::StorageError> {
+        if disk.engine != ENGINE_NAME {
+            return Err(crate::storage::StorageError::WrongEngine {
+                expected: ENGINE_NAME.into(),
+                found: disk.engine.clone(),
+            });
+        }
+        self.with_engine(|e| e.destroy_vm_disk(&disk.handle))
+            .map_err(storage_error)
+    }
+}
+
 fn image_name(image: &str) -> String {
     let p = Path::new(image);
     if image.contains('/') {

@@ -169,7 +169,7 @@ impl PoolSpec {
         format!("{}-img-{}-{id}", self.name, table::dm_name_part(image))
     }
 
-    fn vm_dm_name(&self, vm_id: &str) -> String {
+    pub fn vm_dm_name(&self, vm_id: &str) -> String {
         format!("{}-vm-{}", self.name, table::dm_name_part(vm_id))
     }
 
