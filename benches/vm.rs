@@ -2,8 +2,10 @@
 //! `fireclaw run` under QEMU (TCG where KVM is unusable), and the per-VM disk clone against a
 //! full copy. Prints measurements side by side; asserts nothing about time (machines are noisy).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::vm as common;
 
 use std::time::Instant;
 

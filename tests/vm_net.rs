@@ -1,13 +1,13 @@
 //! Taps and per-VM nftables rules against the real kernel, in a private namespace, without a
 //! guest. Tier `host`: needs root, ip and nft.
 
-mod common;
+mod support;
 
 use std::os::fd::AsFd;
 
-use common::*;
 use fireclaw::net::policy::{self, Policy, VmRules};
 use fireclaw::net::tap;
+use support::vm::*;
 
 #[test]
 fn tap_on_bridge_and_policy_rules_come_and_go() {

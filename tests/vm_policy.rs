@@ -2,7 +2,7 @@
 //! (bridge 172.16.0.1 with an "IRC" listener on 6667) and a second namespace plays the outside
 //! (203.0.113.2:8080, reached through NAT). Tier `vm`.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use support::vm::*;
 
 /// Serves `greeting` to every connection on `addr`, from inside network namespace `ns` (the
 /// thread enters it, so the socket lives there), until the returned flag is set.

@@ -1,9 +1,9 @@
 //! `fireclaw run` end to end: a real guest under QEMU (TCG here) in a private network namespace.
 //! Tier `vm`: needs root, ip, nft and qemu-system-x86_64.
 
-mod common;
+mod support;
 
-use common::*;
+use support::vm::*;
 
 fn setup(tag: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Netns, TestRoot)> {
     if !prerequisites("vm", true) {

@@ -2,15 +2,15 @@
 //! in its memory, snapshot it, kill it, restore a new VMM from the snapshot and find the state
 //! still there. Prints cold-boot vs. restore-to-SSH times (no timing assertions). Tier `vm`.
 
-mod common;
+mod support;
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use fireclaw::vm::ssh;
 use fireclaw::vmm::{qemu::Qemu, Boot, SnapshotFiles, VmSpec, Vmm};
+use support::vm::*;
 
 #[test]
 fn qemu_snapshot_then_restore_keeps_guest_memory() {

@@ -730,6 +730,9 @@ pub fn in_guest() -> bool {
 
 #[cfg(test)]
 mod tests {
+    // The benchmarks include this module too, built with cfg(test) but no test harness, where the
+    // #[test] functions (and so this import's uses) vanish.
+    #[allow(unused_imports)]
     use super::*;
 
     #[test]

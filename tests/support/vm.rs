@@ -15,47 +15,13 @@ pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
     VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// True when CI asked for `tier` (FIRECLAW_TEST_TIERS contains it): missing prerequisites must
-/// then fail the test instead of skipping it.
-pub fn tier_required(tier: &str) -> bool {
-    std::env::var("FIRECLAW_TEST_TIERS")
-        .map(|v| v.split([',', ' ']).any(|t| t.trim() == tier))
-        .unwrap_or(false)
-}
-
-/// Checks prerequisites for `tier`. Returns false (test skips) when one is missing and the tier
-/// was not requested; panics when it was.
+/// Prerequisites of the VM tests for `tier` (through the one tier gate, `super::require`).
 pub fn prerequisites(tier: &str, needs_qemu: bool) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
+    let mut commands = vec!["ip", "nft"];
+    if needs_qemu {
+        commands.push("qemu-system-x86_64");
     }
-    for tool in ["ip", "nft"] {
-        if !have(tool) {
-            missing.push(tool.to_string());
-        }
-    }
-    if needs_qemu && !have("qemu-system-x86_64") {
-        missing.push("qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("tier {tier} prerequisites missing: {}", missing.join(", "));
-    if tier_required(tier) {
-        panic!("{msg} (FIRECLAW_TEST_TIERS asks for this tier)");
-    }
-    eprintln!("SKIP: {msg}");
-    false
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    super::tier(tier, true, &commands)
 }
 
 pub fn sh(cmd: &str) -> Output {
