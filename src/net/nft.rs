@@ -42,7 +42,8 @@ pub fn provision_ruleset(table: &str, bridge: &str, cidr: &Ipv4Cidr, nat: bool) 
     s
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<std::process::Output> {
+/// Runs `nft` with `args`, feeding `stdin` when given; the one place fireclaw starts nft.
+pub fn run(args: &[&str], stdin: Option<&str>) -> anyhow::Result<std::process::Output> {
     let program = nft_path().unwrap_or_else(|| "nft".into());
     let mut child = Command::new(program)
         .args(args)
@@ -62,7 +63,7 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<std::process::Outpu
 }
 
 pub fn apply(ruleset: &str) -> anyhow::Result<()> {
-    let out = nft(&["-f", "-"], Some(ruleset))?;
+    let out = run(&["-f", "-"], Some(ruleset))?;
     if !out.status.success() {
         anyhow::bail!(
             "nft rejected the ruleset: {}",
@@ -87,7 +88,7 @@ pub fn probe_table(family: &str, name: &str) -> anyhow::Result<TableProbe> {
     if !nft_installed() {
         return Ok(TableProbe::NoTool);
     }
-    let out = nft(&["list", "table", family, name], None)?;
+    let out = run(&["list", "table", family, name], None)?;
     if out.status.success() {
         return Ok(TableProbe::Present(
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -133,7 +134,7 @@ pub fn delete_table(family: &str, name: &str) -> anyhow::Result<()> {
     ) {
         return Ok(());
     }
-    let out = nft(&["delete", "table", family, name], None)?;
+    let out = run(&["delete", "table", family, name], None)?;
     if !out.status.success() {
         anyhow::bail!(
             "nft delete table {family} {name}: {}",

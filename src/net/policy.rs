@@ -13,7 +13,6 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,33 +125,13 @@ pub fn handles_for(listing: &str, tap: &str) -> Vec<u64> {
         .collect()
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<std::process::Output> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (install the nftables package)")?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).context("writing to nft")?;
-    }
-    child.wait_with_output().context("waiting for nft")
-}
-
 /// Installs a VM's rules. `local`/`none` need the provisioned table: without it there is nothing
 /// to enforce them with, and running the VM unrestricted would be wrong.
 pub fn install(r: &VmRules) -> anyhow::Result<()> {
     let Some(script) = install_script(r) else {
         return Ok(());
     };
-    let probe = nft(&["list", "chain", "inet", r.table, "guest_egress"], None)?;
+    let probe = super::nft::run(&["list", "chain", "inet", r.table, "guest_egress"], None)?;
     if !probe.status.success() {
         anyhow::bail!(
             "policy {} needs chain guest_egress in nftables table inet {} (run `fireclaw provision`): {}",
@@ -164,7 +143,7 @@ pub fn install(r: &VmRules) -> anyhow::Result<()> {
     // Installing twice (a retry) must not stack a second jump: start from nothing. The VM is
     // not running yet, so the moment without rules lets nothing through.
     remove(r.table, r.tap)?;
-    let out = nft(&["-f", "-"], Some(&script))?;
+    let out = super::nft::run(&["-f", "-"], Some(&script))?;
     if !out.status.success() {
         anyhow::bail!(
             "nft rejected the rules for {}: {}",
@@ -178,7 +157,7 @@ pub fn install(r: &VmRules) -> anyhow::Result<()> {
 /// Removes whatever rules `tap` has. Missing table, chain or rules are not errors: cleanup runs
 /// after crashes and may run twice.
 pub fn remove(table: &str, tap: &str) -> anyhow::Result<()> {
-    let listing = match nft(
+    let listing = match super::nft::run(
         &["-a", "list", "chain", "inet", table, "guest_egress"],
         None,
     ) {
@@ -194,7 +173,7 @@ pub fn remove(table: &str, tap: &str) -> anyhow::Result<()> {
         ));
     }
     let chain = chain_name(tap);
-    let has_chain = nft(&["list", "chain", "inet", table, &chain], None)
+    let has_chain = super::nft::run(&["list", "chain", "inet", table, &chain], None)
         .map(|o| o.status.success())
         .unwrap_or(false);
     if has_chain {
@@ -203,7 +182,7 @@ pub fn remove(table: &str, tap: &str) -> anyhow::Result<()> {
     if script.is_empty() {
         return Ok(());
     }
-    let out = nft(&["-f", "-"], Some(&script))?;
+    let out = super::nft::run(&["-f", "-"], Some(&script))?;
     if !out.status.success() {
         anyhow::bail!(
             "removing nftables rules of {tap}: {}",
