@@ -45,6 +45,11 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     env.require_root("fireclaw gc")?;
+    if !env.db_path().exists() {
+        // Never provisioned and nothing ever ran: nothing recorded, and gc must not create state.
+        println!("No state database: nothing to collect.");
+        return Ok(0);
+    }
     let report = vm::gc(&host, args.all, args.vm.as_deref())?;
     let thin_report = thin_gc(env)?;
     if args.json {

@@ -133,13 +133,36 @@ impl Db {
             path: path.to_path_buf(),
         };
         db.conn
-            .busy_timeout(std::time::Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| sqlite(path, e))?;
-        db.conn
+        // Several processes opening a new database at once (parallel `fireclaw run`s on a fresh
+        // host) contend for the exclusive lock that switching to WAL and migrating need. SQLite
+        // answers some of those lock escalations BUSY at once rather than waiting (it would
+        // otherwise deadlock), so the whole step is retried until the deadline.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match db.enable_wal().and_then(|()| db.migrate()) {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other.map(|()| db),
+            }
+        }
+    }
+
+    fn enable_wal(&self) -> Result<(), StateError> {
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| sqlite(&self.path, e))?;
+        if mode.eq_ignore_ascii_case("wal") {
+            return Ok(());
+        }
+        self.conn
             .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| sqlite(path, e))?;
-        db.migrate()?;
-        Ok(db)
+            .map_err(|e| sqlite(&self.path, e))
     }
 
     /// Opens an existing database read-only, for dry-runs and `status`; `None` if it does not exist
@@ -247,6 +270,19 @@ impl Db {
     }
 }
 
+/// How long an open waits for other processes holding the database's locks.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_busy(e: &StateError) -> bool {
+    matches!(
+        e,
+        StateError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
     StateError::Sqlite {
         path: path.to_path_buf(),
@@ -278,21 +314,85 @@ mod tests {
         assert_eq!(ro.meta("k").unwrap().as_deref(), Some("v"));
     }
 
+    /// Parallel first opens of a new database, started together, many times over.
     #[test]
     fn concurrent_first_opens_all_succeed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let p = path.clone();
-                std::thread::spawn(move || Db::open(&p).map(drop).map_err(|e| e.to_string()))
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap().unwrap();
+        for _ in 0..25 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let p = path.clone();
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        Db::open(&p).map(drop).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().unwrap();
+            }
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         }
-        let db = Db::open(&path).unwrap();
-        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    /// Env var naming the database a re-invoked test binary opens (see the test below).
+    const CHILD_OPEN_ENV: &str = "FIRECLAW_TEST_CHILD_OPEN_DB";
+
+    /// Entry point for the child processes of `concurrent_first_opens_across_processes`; without
+    /// the env var (a normal test run) it has nothing to do.
+    #[test]
+    fn child_process_opens_the_database() {
+        if let Some(path) = std::env::var_os(CHILD_OPEN_ENV) {
+            // Open, write, close, over and over, as `fireclaw run` does through its life: each
+            // last close checkpoints and removes the WAL while others are opening.
+            for i in 0..40 {
+                let db = Db::open(Path::new(&path))
+                    .unwrap_or_else(|e| panic!("child open {i} failed: {e}"));
+                db.set_meta(&format!("k{}", std::process::id()), &i.to_string())
+                    .unwrap_or_else(|e| panic!("child write {i} failed: {e}"));
+            }
+        }
+    }
+
+    /// Separate processes opening a new database at once and writing through many short-lived
+    /// connections, as concurrent `fireclaw run`s do: SQLite arbitrates locks between processes
+    /// differently from connections in one process.
+    #[test]
+    fn concurrent_first_opens_across_processes() {
+        let exe = std::env::current_exe().unwrap();
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let children: Vec<_> = (0..6)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .args([
+                            "--exact",
+                            "state::tests::child_process_opens_the_database",
+                            "--quiet",
+                        ])
+                        .env(CHILD_OPEN_ENV, &path)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for c in children {
+                let out = c.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        }
     }
 
     #[test]

@@ -77,12 +77,17 @@ impl ThinDisks {
     /// True when `image` can get thin disks: device-mapper is here, the pool is recorded and the
     /// image was imported into it. Reads only; callers fall back to the clone engine otherwise.
     pub fn serves(&self, image: &Path) -> bool {
-        let Ok(Some(db)) = Db::open_read_only(&self.db_path()) else {
+        // File checks first: most hosts without device-mapper never touch the database here.
+        // Then a normal connection, like every other writer's: a read-only one cannot take part
+        // in WAL recovery and made concurrent `run`s fail with "database is locked".
+        if super::probe_device_mapper().is_err() || !self.db_path().exists() {
+            return false;
+        }
+        let Ok(db) = Db::open(&self.db_path()) else {
             return false;
         };
         let name = image_name(&image.to_string_lossy());
-        super::probe_device_mapper().is_ok()
-            && super::store::has_tables(&db).unwrap_or(false)
+        super::store::has_tables(&db).unwrap_or(false)
             && super::store::volumes(&db, super::DEFAULT_POOL_NAME)
                 .map(|v| {
                     v.iter()
