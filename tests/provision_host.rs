@@ -650,3 +650,71 @@ fn reprovisioning_leaves_running_vms_policy_rules_alone() {
     );
     run_ok(&mut fx.fireclaw(&["uninstall"]));
 }
+
+#[test]
+fn the_journal_is_root_only_and_unprivileged_dry_runs_still_work() {
+    if !host_tier() || !tier("host", true, &["setpriv"]) {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("rootonly", &archive, &digest);
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "ngircd"]));
+    let db = fx.root.join("var/lib/fireclaw/state.db");
+    let mode = std::fs::metadata(&db)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o600, "the journal holds backups of secret files");
+    let root_arg = fx.root.to_str().unwrap_or_default();
+    let config_arg = fx.config.to_str().unwrap_or_default();
+    let out = run(&mut fx.ns.cmd(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            support::bin(),
+            "--root",
+            root_arg,
+            "--config",
+            config_arg,
+            "provision",
+            "--dry-run",
+            "--only",
+            "ngircd",
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readable by root only"));
+    run_ok(&mut fx.fireclaw(&["uninstall"]));
+}
+
+#[test]
+fn a_dry_run_never_prints_an_old_operator_password() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("oldpw", &archive, &digest);
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "ngircd"]));
+    let old =
+        std::fs::read_to_string(fx.root.join("etc/fireclaw/irc-operator.pass")).expect("pass");
+    // The password file is gone but ngircd.conf still holds the old password: provision plans a
+    // new one, and the diff of ngircd.conf would show the old line.
+    std::fs::remove_file(fx.root.join("etc/fireclaw/irc-operator.pass")).expect("rm");
+    for extra in [&[][..], &["--json"]] {
+        let mut args = vec!["provision", "--dry-run", "--only", "ngircd"];
+        args.extend_from_slice(extra);
+        let out = run_ok(&mut fx.fireclaw(&args));
+        assert!(out.contains("ngircd.conf"), "{out}");
+        assert!(
+            !out.contains(old.trim()),
+            "the old password was printed:\n{out}"
+        );
+    }
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "ngircd"]));
+    run_ok(&mut fx.fireclaw(&["uninstall"]));
+}

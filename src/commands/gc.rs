@@ -96,24 +96,26 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
 /// crashed before it was recorded) and image volumes nothing uses. Re-activates the pool after a
 /// reboot first. `None` when the host has no thin pool.
 fn thin_gc(env: &Env) -> anyhow::Result<Option<thin::GcReport>> {
-    let Some(ro) = env.open_db_read_only()? else {
-        return Ok(None);
-    };
-    if !store::has_tables(&ro)? || store::pool(&ro, thin::DEFAULT_POOL_NAME)?.is_none() {
+    // A normal connection: runs may be writing (see ThinDisks::serves on read-only ones).
+    if !env.db_path().exists() {
         return Ok(None);
     }
-    drop(ro);
     let db = crate::state::Db::open(&env.db_path())?;
+    if !store::has_tables(&db)? || store::pool(&db, thin::DEFAULT_POOL_NAME)?.is_none() {
+        return Ok(None);
+    }
     let spec = crate::provision::thinpool::recorded_spec(
         &db,
         &env.root,
         &env.config.paths.state_dir,
         env.config.thinpool.max_used_percent,
     )?;
-    let live: std::collections::BTreeSet<String> =
-        record::list(&db)?.into_iter().map(|r| r.id).collect();
     let engine = ThinEngine::new(&db, spec)?;
-    Ok(Some(engine.gc(&|s| live.contains(&s.vm_id))?))
+    // Liveness is decided inside the engine's gc, under the pool lock, per snapshot: a VM that
+    // starts while gc runs has its row written before its disk, so it is never taken for an orphan.
+    Ok(Some(engine.gc(&|s| {
+        record::get(&db, &s.vm_id).map_or(true, |r| r.is_some())
+    })?))
 }
 
 /// The VM table for `status`: what runs, who owns it, and what a dead owner left behind.

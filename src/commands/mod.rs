@@ -47,8 +47,19 @@ impl Env {
         ))
     }
 
+    /// The state database for reading. Without root it cannot be read (it is 0600: it holds
+    /// backups of secret files); commands then go on without it and say so.
     pub fn open_db_read_only(&self) -> anyhow::Result<Option<Db>> {
-        Ok(Db::open_read_only(&self.db_path())?)
+        match Db::open_read_only(&self.db_path()) {
+            Err(crate::state::StateError::NoPermission { path }) if !self.privileged => {
+                eprintln!(
+                    "note: {} is readable by root only; going on without what it records (run as root for the full picture)",
+                    path.display()
+                );
+                Ok(None)
+            }
+            other => Ok(other?),
+        }
     }
 
     pub fn require_root(&self, what: &str) -> anyhow::Result<()> {

@@ -26,7 +26,14 @@ fn build_action(ctx: &Ctx, id: String, target: &image::Target) -> Option<Action>
         .map(|d| format!("{cache}/{d}"))
         .filter(|d| !ctx.host(d).exists())
         .collect();
-    let mut outputs: Vec<String> = target.outputs().iter().map(|p| host(p)).collect();
+    // Only what this build creates is journaled: a kernel or image that is already there (built
+    // by hand with `fireclaw image build`) is replaced, and uninstall does not delete it.
+    let mut outputs: Vec<String> = target
+        .outputs()
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| host(p))
+        .collect();
     outputs.extend(
         target
             .downloads(&ctx.host(cache))

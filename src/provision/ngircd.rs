@@ -33,10 +33,33 @@ impl Step for Ngircd {
             }
             _ => fsops::random_secret(PASSWORD_LENGTH),
         };
-        let redact = vec![(
+        let mut redact = vec![(
             password.clone(),
             format!("<operator password from {pass_path}>"),
         )];
+        // The configuration on disk may hold an older password (its file was deleted since): the
+        // diff must not print that one either.
+        if let Existing::File { content, .. } =
+            fsops::probe_file(&ctx.host(&ctx.config.paths.ngircd_conf))
+        {
+            for line in String::from_utf8_lossy(&content).lines() {
+                if let Some((key, value)) = line.split_once('=') {
+                    let value = value.trim();
+                    if key.trim().eq_ignore_ascii_case("password")
+                        && !value.is_empty()
+                        && value != password
+                    {
+                        redact.push((value.to_string(), "<previous password>".into()));
+                    }
+                }
+            }
+        }
+        crate::provision::layout::plan_dir_tree(
+            ctx,
+            &ctx.config.paths.config_dir,
+            0o755,
+            &mut plan.actions,
+        )?;
         if let Some(a) = fsops::plan_file_redacted(
             ctx,
             &pass_path,

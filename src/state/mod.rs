@@ -106,6 +106,13 @@ pub enum StateError {
         found: i64,
         known: usize,
     },
+    #[error("state database {path} is readable by root only")]
+    NoPermission { path: PathBuf },
+    #[error("cannot set the mode of {path}: {source}")]
+    Mode {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create state directory {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -128,6 +135,15 @@ impl Db {
             })?;
         }
         let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
+        // The journal keeps backups of the 0600 files provision replaces (ngircd.conf with the
+        // operator password): the database is root's alone. SQLite gives -wal/-shm this mode too.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StateError::Mode {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
@@ -170,6 +186,13 @@ impl Db {
     pub fn open_read_only(path: &Path) -> Result<Option<Db>, StateError> {
         if !path.exists() {
             return Ok(None);
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(StateError::NoPermission {
+                    path: path.to_path_buf(),
+                });
+            }
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| sqlite(path, e))?;

@@ -236,8 +236,9 @@ impl Machine {
             .clone_for_vm(&opts.image.rootfs, &self.id)
             .context("cloning the root disk")?;
         self.timings.clone_ms = t.elapsed().as_millis() as u64;
-        record::set_disk(&db, &self.id, &disk)?;
+        // Held before it is recorded: if recording fails, destroy() still removes the disk.
         self.disk = Some(disk.clone());
+        record::set_disk(&db, &self.id, &disk)?;
 
         std::fs::create_dir_all(&self.run_dir)
             .with_context(|| format!("creating {}", self.run_dir.display()))?;
@@ -390,7 +391,10 @@ fn teardown(host: &Host, r: &Resources, db: Option<&Db>, errors: &mut Vec<String
             )),
         },
         None => {
-            if let Some(p) = r.planned_disk {
+            // Only the copy engine's planned path is a plain file of ours; a thin disk's is a
+            // device node that the thin pool's own gc deals with.
+            let copy_dir = host.root.host(&host.config.paths.state_dir).join("disks");
+            if let Some(p) = r.planned_disk.filter(|p| p.starts_with(&copy_dir)) {
                 match std::fs::remove_file(p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

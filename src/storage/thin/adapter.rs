@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{owner_alive, GcReport, ThinEngine, ThinError, VmDisk};
+use super::{ThinEngine, ThinError, VmDisk};
 use crate::root::RootPrefix;
 use crate::state::Db;
 
@@ -64,10 +64,6 @@ impl ThinDisks {
     pub fn destroy(&self, disk: &VmDisk) -> Result<(), AdapterError> {
         self.with_engine(|e| e.destroy_vm_disk(&disk.vm_id))
     }
-
-    pub fn gc(&self) -> Result<GcReport, AdapterError> {
-        self.with_engine(|e| e.gc(&owner_alive))
-    }
 }
 
 /// Name under which VM disks made here are recorded (`VmDisk::engine`).
@@ -87,11 +83,19 @@ impl ThinDisks {
             return false;
         };
         let name = image_name(&image.to_string_lossy());
+        // The volume must hold this very image: after a rebuild the pool still has the old one
+        // until provision imports the new, and booting that would be booting a stale image.
+        let Ok(digest) = crate::provision::thinpool::image_identity(image) else {
+            return false;
+        };
         super::store::has_tables(&db).unwrap_or(false)
             && super::store::volumes(&db, super::DEFAULT_POOL_NAME)
                 .map(|v| {
-                    v.iter()
-                        .any(|v| v.image == name && v.state == super::store::VolumeState::Ready)
+                    v.iter().any(|v| {
+                        v.image == name
+                            && v.digest == digest
+                            && v.state == super::store::VolumeState::Ready
+                    })
                 })
                 .unwrap_or(false)
     }
