@@ -26,6 +26,9 @@ pub struct Ctx<'a> {
     /// Directories that earlier steps of this plan will create, so a later step neither plans them
     /// twice nor misses them when the earlier step is skipped.
     pub planned_dirs: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    /// Files that earlier steps of this plan will build (kernel, images), so a later step can
+    /// plan work on them (importing an image into the thin pool) in the same run.
+    pub planned_files: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -41,6 +44,7 @@ impl<'a> Ctx<'a> {
             db,
             privileged,
             planned_dirs: Default::default(),
+            planned_files: Default::default(),
         }
     }
 

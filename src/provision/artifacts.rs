@@ -41,6 +41,9 @@ fn build_action(ctx: &Ctx, id: String, target: &image::Target) -> Option<Action>
             .map(|p| host(p))
             .filter(|p| !ctx.host(p).exists()),
     );
+    ctx.planned_files
+        .borrow_mut()
+        .extend(target.outputs().iter().map(|p| host(p)));
     Some(Action::Build {
         id,
         description: format!("build {}", target.describe()),

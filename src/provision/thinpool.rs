@@ -67,9 +67,13 @@ pub fn plan(ctx: &Ctx) -> anyhow::Result<StepPlan> {
     };
     for recipe in &ctx.config.images.recipes {
         let path = format!("{}/{recipe}.ext4", ctx.config.paths.image_dir);
-        let Ok(digest) = image_identity(&ctx.host(&path)) else {
-            // Not built yet: the images step builds it, the next provision imports it.
-            continue;
+        // An image the images step (re)builds in this run is imported after it, as built.
+        let being_built = ctx.planned_files.borrow().contains(&path);
+        let digest = match image_identity(&ctx.host(&path)) {
+            _ if being_built => "as built by this run".to_string(),
+            Ok(digest) => digest,
+            // Not there and not being built (the images step is skipped): nothing to import.
+            Err(_) => continue,
         };
         let imported = volumes.iter().any(|v| {
             v.image == *recipe && v.digest == digest && v.state == store::VolumeState::Ready
@@ -116,8 +120,14 @@ pub fn import(
     state_dir: &str,
     image: &str,
     path: &str,
-    digest: &str,
+    planned_digest: &str,
 ) -> anyhow::Result<()> {
+    // The identity of the file as it is now, after any rebuild earlier in this run: recording the
+    // plan-time one for new content would make `run` refuse the volume as stale.
+    let digest = image_identity(&root.host(path)).with_context(|| {
+        format!("image {image} ({path}) is missing; planned as {planned_digest}")
+    })?;
+    let digest = digest.as_str();
     let db = open_db(root, state_dir)?;
     let engine = ThinEngine::new(
         &db,
