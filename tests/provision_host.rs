@@ -78,6 +78,22 @@ fn release_archive() -> (Vec<u8>, String) {
 }
 
 impl Fixture {
+    /// fireclaw as `nobody`, in the namespace: what an ordinary user's dry-run sees.
+    fn unprivileged(&self, args: &[&str]) -> Command {
+        let mut all = vec![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            support::bin(),
+            "--root",
+            self.root.to_str().unwrap_or_default(),
+            "--config",
+            self.config.to_str().unwrap_or_default(),
+        ];
+        all.extend_from_slice(args);
+        self.ns.cmd("setpriv", &all)
+    }
+
     fn fireclaw(&self, args: &[&str]) -> Command {
         let mut all = vec![
             "--root",
@@ -140,26 +156,7 @@ fn provision_then_uninstall_restores_the_host_exactly() {
     let before = fx.host_state();
 
     // The unprivileged dry-run changes nothing and announces every change the real run makes.
-    let root_arg = fx.root.to_str().unwrap_or_default();
-    let config_arg = fx.config.to_str().unwrap_or_default();
-    let text = run_ok(&mut fx.ns.cmd(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            support::bin(),
-            "--root",
-            root_arg,
-            "--config",
-            config_arg,
-            "provision",
-            "--dry-run",
-            "--json",
-            "--skip",
-            SKIP,
-        ],
-    ));
+    let text = run_ok(&mut fx.unprivileged(&["provision", "--dry-run", "--json", "--skip", SKIP]));
     let dry: serde_json::Value = serde_json::from_str(&text).expect("plan JSON");
     assert_eq!(dry["blocked"], false, "{dry:#}");
     assert_eq!(fx.host_state(), before, "a dry-run changed the host");
@@ -664,25 +661,7 @@ fn the_journal_is_root_only_and_unprivileged_dry_runs_still_work() {
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0);
     assert_eq!(mode, 0o600, "the journal holds backups of secret files");
-    let root_arg = fx.root.to_str().unwrap_or_default();
-    let config_arg = fx.config.to_str().unwrap_or_default();
-    let out = run(&mut fx.ns.cmd(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            support::bin(),
-            "--root",
-            root_arg,
-            "--config",
-            config_arg,
-            "provision",
-            "--dry-run",
-            "--only",
-            "ngircd",
-        ],
-    ));
+    let out = run(&mut fx.unprivileged(&["provision", "--dry-run", "--only", "ngircd"]));
     assert!(
         out.status.success(),
         "{}",

@@ -96,17 +96,7 @@ fn open_db(root: &RootPrefix, state_dir: &str) -> anyhow::Result<Db> {
 }
 
 fn spec(root: &RootPrefix, state_dir: &str, t: &ThinPool) -> Result<PoolSpec, ThinError> {
-    Ok(PoolSpec {
-        name: thin::DEFAULT_POOL_NAME.into(),
-        dir: root.host(thin::pool_dir(state_dir)),
-        geometry: PoolGeometry::new(
-            t.data_mib,
-            t.metadata_mib,
-            t.block_sectors,
-            t.max_used_percent,
-        )?,
-        max_used_percent: t.max_used_percent,
-    })
+    PoolSpec::new(root, state_dir, t)
 }
 
 pub fn create(root: &RootPrefix, state_dir: &str, t: ThinPool) -> anyhow::Result<()> {

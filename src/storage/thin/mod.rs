@@ -139,10 +139,18 @@ pub struct PoolSpec {
 
 impl PoolSpec {
     pub fn from_config(root: &RootPrefix, config: &Config) -> Result<PoolSpec, ThinError> {
-        let t = &config.thinpool;
+        PoolSpec::new(root, &config.paths.state_dir, &config.thinpool)
+    }
+
+    /// The pool under `state_dir` with the geometry and threshold of `t`.
+    pub fn new(
+        root: &RootPrefix,
+        state_dir: &str,
+        t: &crate::config::ThinPool,
+    ) -> Result<PoolSpec, ThinError> {
         Ok(PoolSpec {
             name: DEFAULT_POOL_NAME.into(),
-            dir: root.host(pool_dir(&config.paths.state_dir)),
+            dir: root.host(pool_dir(state_dir)),
             geometry: PoolGeometry::new(
                 t.data_mib,
                 t.metadata_mib,
