@@ -29,9 +29,6 @@ use std::time::{Duration, Instant};
 
 /// Env var set in the guest: tests use it to know they are the in-guest half.
 pub const IN_GUEST_ENV: &str = "FIRECLAW_IN_GUEST";
-/// Env var listing the test tiers CI demands (`host`, `vm`, `kernel`): a missing prerequisite for a
-/// demanded tier fails the test instead of skipping it.
-pub const TIERS_ENV: &str = "FIRECLAW_TEST_TIERS";
 /// Overrides the guest kernel (a bzImage whose modules are in /lib/modules/<version>).
 pub const KERNEL_ENV: &str = "FIRECLAW_GUEST_KERNEL";
 
@@ -150,32 +147,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
     move |source| GuestError::Io { what, source }
 }
 
-/// Is this tier demanded by CI (`FIRECLAW_TEST_TIERS` contains it)?
-pub fn tier_demanded(tier: &str) -> bool {
-    std::env::var(TIERS_ENV).is_ok_and(|v| tiers_contain(&v, tier))
-}
-
-/// `FIRECLAW_TEST_TIERS` is a comma- or space-separated list.
-fn tiers_contain(list: &str, tier: &str) -> bool {
-    list.split(|c: char| c == ',' || c.is_whitespace())
-        .any(|t| t == tier)
-}
-
 /// Checks what booting a guest needs. `Ok(false)`: skip (reason printed); panics when the tier is
 /// demanded and something is missing, because a silent skip in CI would hide a broken machine.
 pub fn require(tier: &str) -> bool {
-    match missing_prerequisites() {
-        None => true,
-        Some(reason) if tier_demanded(tier) => {
-            panic!("tier {tier:?} is demanded by {TIERS_ENV} but cannot run: {reason}")
-        }
-        Some(reason) => {
-            eprintln!(
-                "SKIP (tier {tier}; set {TIERS_ENV}={tier} to make this a failure): {reason}"
-            );
-            false
-        }
-    }
+    let missing = missing_prerequisites();
+    let what = missing.as_deref().unwrap_or("guest prerequisites");
+    super::require(tier, &[(what, missing.is_none())])
 }
 
 /// `None` when everything is there, else what is missing and how to get it.
@@ -771,13 +748,6 @@ mod tests {
         );
         let err = resolve_modules(dir.path(), &["nope".into()]).unwrap_err();
         assert!(err.to_string().contains("\"nope\" is not in"), "{err}");
-    }
-
-    #[test]
-    fn tiers_are_a_list() {
-        let list = "host, vm,kernel";
-        assert!(tiers_contain(list, "kernel") && tiers_contain(list, "vm"));
-        assert!(!tiers_contain(list, "ker") && !tiers_contain("", "kernel"));
     }
 
     #[test]
