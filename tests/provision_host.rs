@@ -697,3 +697,29 @@ fn a_dry_run_never_prints_an_old_operator_password() {
     run_ok(&mut fx.fireclaw(&["provision", "--only", "ngircd"]));
     run_ok(&mut fx.fireclaw(&["uninstall"]));
 }
+
+#[test]
+fn a_second_provision_of_the_same_root_is_refused_while_one_runs() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("lock", &archive, &digest);
+    // Hold the lock a running provision would hold: a flock on the root directory.
+    let dir = std::fs::File::open(&fx.root).expect("open root");
+    let held =
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).expect("flock");
+    let before = fx.host_state();
+    let out = run(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("another fireclaw provision/uninstall is running"));
+    assert_eq!(
+        fx.host_state(),
+        before,
+        "a refused provision changed something"
+    );
+    drop(held);
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    run_ok(&mut fx.fireclaw(&["uninstall"]));
+}

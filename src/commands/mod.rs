@@ -70,22 +70,16 @@ impl Env {
     }
 
     /// One provision or uninstall at a time per root: two would interleave journal entries and
-    /// race on the same links and files. The lock lives outside the root so it adds nothing to it.
+    /// race on the same links and files. The lock is a flock on the root directory itself, so it
+    /// creates no file anywhere (a lock file per root would pile up, one per test root).
     pub fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-        use sha2::Digest;
-        let key =
-            hex::encode(&sha2::Sha256::digest(self.root.dir().as_os_str().as_encoded_bytes())[..8]);
-        let path = std::env::temp_dir().join(format!("fireclaw-{key}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening lock {}", path.display()))?;
+        let dir = self.root.dir();
+        let file = std::fs::File::open(dir)
+            .with_context(|| format!("opening {} to lock it", dir.display()))?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             anyhow::anyhow!(
                 "another fireclaw provision/uninstall is running for root {} ({e}); wait for it to finish",
-                self.root.dir().display()
+                dir.display()
             )
         })
     }
