@@ -130,7 +130,9 @@ pub fn kernel_cmdline(ip: Ipv4Addr, bridge: &Ipv4Cidr, vmm: VmmKind, extra: &str
     s
 }
 
-fn host_tsc_khz() -> Option<u64> {
+/// The host's TSC frequency in kHz (from /proc/cpuinfo), for `tsc_early_khz=`: under TCG a guest
+/// kernel otherwise can hang calibrating it.
+pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = info
         .lines()

@@ -465,20 +465,6 @@ fn build_initramfs(spec: &GuestSpec, modules_dir: &Path) -> Result<Vec<u8>, Gues
     Ok(cpio.finish())
 }
 
-/// The host's TSC frequency: Debian's kernel sometimes hangs calibrating it under TCG.
-fn tsc_khz() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = text
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
 /// Kills and reaps a child on every exit path of [`run_in_guest`].
 struct Reaper(Option<Child>);
 
@@ -550,7 +536,7 @@ pub fn run_in_guest(spec: &GuestSpec) -> Result<GuestOutcome, GuestError> {
     }
 
     let mut append = String::from("console=ttyS0 panic=-1 quiet loglevel=3 random.trust_cpu=on");
-    if let Some(khz) = tsc_khz() {
+    if let Some(khz) = fireclaw::vm::host_tsc_khz() {
         append.push_str(&format!(" tsc_early_khz={khz}"));
     }
     let mem = format!("{}M", spec.memory_mib);

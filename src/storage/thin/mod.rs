@@ -377,7 +377,7 @@ impl<'a> ThinEngine<'a> {
                     source,
                 })?;
         }
-        self.start_pool(&PoolRow {
+        let row = PoolRow {
             name: self.spec.name.clone(),
             data_file: self.spec.data_file().to_string_lossy().into_owned(),
             metadata_file: self.spec.metadata_file().to_string_lossy().into_owned(),
@@ -385,19 +385,9 @@ impl<'a> ThinEngine<'a> {
             metadata_sectors: g.metadata_sectors,
             block_sectors: g.block_sectors,
             low_water_blocks: g.low_water_blocks,
-        })?;
-        store::insert_pool(
-            self.db,
-            &PoolRow {
-                name: self.spec.name.clone(),
-                data_file: self.spec.data_file().to_string_lossy().into_owned(),
-                metadata_file: self.spec.metadata_file().to_string_lossy().into_owned(),
-                data_sectors: g.data_sectors,
-                metadata_sectors: g.metadata_sectors,
-                block_sectors: g.block_sectors,
-                low_water_blocks: g.low_water_blocks,
-            },
-        )?;
+        };
+        self.start_pool(&row)?;
+        store::insert_pool(self.db, &row)?;
         Ok(())
     }
 
