@@ -11,6 +11,7 @@ pub mod irc;
 pub mod net;
 pub mod plan;
 pub mod provision;
+pub mod report;
 pub mod root;
 pub mod state;
 pub mod storage;

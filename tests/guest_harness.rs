@@ -6,6 +6,7 @@ mod support;
 use support::guest::{self, GuestSpec};
 
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn guest_reports_the_exit_status_of_its_command() {
     if !guest::require("kernel") {
         return;
@@ -23,6 +24,7 @@ fn guest_reports_the_exit_status_of_its_command() {
 /// The in-guest half runs this same binary: it must see the module it asked for, which the host
 /// kernel does not have.
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn guest_runs_this_test_binary_with_requested_modules() {
     if guest::in_guest() {
         assert!(

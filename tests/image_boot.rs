@@ -16,6 +16,7 @@ fn ci_cache() -> PathBuf {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn kernel_and_debian_test_image_boot_to_ssh() {
     let cache = ci_cache();
     let images = cache.join("images");

@@ -2,7 +2,7 @@
 //! kernel (the host has no device-mapper). Each test re-runs itself in the guest (see
 //! tests/support/guest.rs); the in-guest half drives `fireclaw::storage::thin` directly.
 //!
-//! Run: `FIRECLAW_TEST_TIERS=kernel cargo test --test kernel_thin -- --nocapture` (as root).
+//! Run: `cargo test --test kernel_thin -- --include-ignored --nocapture` (as root).
 
 mod support;
 
@@ -75,6 +75,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 }
 
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn thin_pool_lifecycle_in_guest() {
     if !guest::in_guest() {
         return guest::reinvoke_in_guest("thin_pool_lifecycle_in_guest", "kernel", |s| {
@@ -312,6 +313,7 @@ fn spec_with_limit(spec: &PoolSpec, max_used_percent: u8) -> PoolSpec {
 /// separate processes would have) clone, destroy and re-activate at once; none may fail with
 /// "device or resource busy" or collide on a device id.
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn concurrent_starts_do_not_race_in_guest() {
     if !guest::in_guest() {
         return guest::reinvoke_in_guest("concurrent_starts_do_not_race_in_guest", "kernel", |s| {
@@ -429,6 +431,7 @@ fn concurrent_starts_do_not_race_in_guest() {
 /// Benchmark (prints, asserts no timing): a VM's disk by thin snapshot vs. by copy, for a 64 MiB
 /// and a 1 GiB image. The snapshot's time must not grow with the image; the copy's does.
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn bench_thin_snapshot_vs_copy_in_guest() {
     if !guest::in_guest() {
         return guest::reinvoke_in_guest("bench_thin_snapshot_vs_copy_in_guest", "kernel", |s| {
@@ -507,6 +510,7 @@ fn bench_thin_snapshot_vs_copy_in_guest() {
 /// simulated reboot `fireclaw gc` re-activates the pool from the state database; a rebuilt image
 /// gets a new volume; uninstall reverses the journal and leaves no device or file.
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn provision_journal_and_uninstall_in_guest() {
     use fireclaw::plan::{self, apply, Ctx, Selection, Step};
     use fireclaw::provision::{artifacts, state_db};
@@ -629,6 +633,7 @@ fn provision_journal_and_uninstall_in_guest() {
 /// A kernel with device-mapper but without the thin-pool target: creating the pool fails with the
 /// `modprobe dm_thin_pool` hint, and leaves no dm or loop device behind.
 #[test]
+#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
 fn missing_thin_target_is_a_clear_error_in_guest() {
     if !guest::in_guest() {
         return guest::reinvoke_in_guest(

@@ -147,6 +147,7 @@ fn descriptions(plan: &serde_json::Value) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn provision_then_uninstall_restores_the_host_exactly() {
     if !host_tier() {
         return;
@@ -272,6 +273,7 @@ fn provision_then_uninstall_restores_the_host_exactly() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn interrupted_apply_completes_on_rerun_and_still_uninstalls_exactly() {
     if !host_tier() || !tier("host", true, &["mkfifo"]) {
         return;
@@ -344,6 +346,7 @@ fn interrupted_apply_completes_on_rerun_and_still_uninstalls_exactly() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn only_and_skip_select_steps_and_unknown_names_are_refused() {
     if !host_tier() {
         return;
@@ -388,6 +391,7 @@ fn only_and_skip_select_steps_and_unknown_names_are_refused() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn a_tampered_or_hostile_firecracker_archive_installs_nothing() {
     if !host_tier() {
         return;
@@ -423,6 +427,7 @@ fn a_tampered_or_hostile_firecracker_archive_installs_nothing() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn malformed_config_names_the_key_and_line_and_changes_nothing() {
     if !host_tier() {
         return;
@@ -456,6 +461,7 @@ fn malformed_config_names_the_key_and_line_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn the_generated_ngircd_config_runs_a_real_ngircd_that_a_client_can_join() {
     if !tier("host", true, &["ip", "ngircd"]) {
         return;
@@ -566,6 +572,7 @@ fn the_generated_ngircd_config_runs_a_real_ngircd_that_a_client_can_join() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
     if !host_tier() {
         return;
@@ -610,6 +617,7 @@ fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn reprovisioning_leaves_running_vms_policy_rules_alone() {
     if !host_tier() {
         return;
@@ -649,6 +657,7 @@ fn reprovisioning_leaves_running_vms_policy_rules_alone() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn the_journal_is_root_only_and_unprivileged_dry_runs_still_work() {
     if !host_tier() || !tier("host", true, &["setpriv"]) {
         return;
@@ -672,6 +681,7 @@ fn the_journal_is_root_only_and_unprivileged_dry_runs_still_work() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn a_dry_run_never_prints_an_old_operator_password() {
     if !host_tier() {
         return;
@@ -699,6 +709,7 @@ fn a_dry_run_never_prints_an_old_operator_password() {
 }
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn a_second_provision_of_the_same_root_is_refused_while_one_runs() {
     if !host_tier() {
         return;

@@ -10,6 +10,7 @@ use fireclaw::net::tap;
 use support::vm::*;
 
 #[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
 fn tap_on_bridge_and_policy_rules_come_and_go() {
     if !prerequisites("host", false) {
         return;

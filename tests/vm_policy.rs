@@ -44,6 +44,7 @@ const PROBE: &str = "probe() { if command -v nc >/dev/null; then nc -w 3 $1 $2 <
                      probe 172.16.0.1 6667; probe 203.0.113.2 8080; echo probed";
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn policies_full_local_none_shape_guest_traffic() {
     if !prerequisites("vm", true) {
         return;

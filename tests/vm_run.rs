@@ -17,6 +17,7 @@ fn setup(tag: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Netns, TestRo
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn run_prints_guest_kernel_and_propagates_exit_codes_and_stderr() {
     let Some((_l, ns, root)) = setup("run") else {
         return;
@@ -70,6 +71,7 @@ fn run_prints_guest_kernel_and_propagates_exit_codes_and_stderr() {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn command_outliving_timeout_is_killed_and_vm_removed() {
     let Some((_l, ns, root)) = setup("tmo") else {
         return;
@@ -103,6 +105,7 @@ fn command_outliving_timeout_is_killed_and_vm_removed() {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn sigterm_and_sigint_end_the_run_and_clean_up() {
     let Some((_l, ns, root)) = setup("sig") else {
         return;
@@ -149,6 +152,7 @@ fn fireclaw_pid_in(ns: &Netns) -> i32 {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn kill_9_while_booting_then_gc_leaves_nothing() {
     let Some((_l, ns, root)) = setup("k9") else {
         return;
@@ -213,6 +217,7 @@ fn kill_9_while_booting_then_gc_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn four_concurrent_runs_get_distinct_leases_and_taps() {
     let Some((_l, ns, root)) = setup("conc") else {
         return;
@@ -261,6 +266,7 @@ fn four_concurrent_runs_get_distinct_leases_and_taps() {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn vmm_that_dies_mid_run_is_reported_and_cleaned() {
     let Some((_l, ns, root)) = setup("die") else {
         return;
@@ -293,6 +299,7 @@ fn vmm_that_dies_mid_run_is_reported_and_cleaned() {
 }
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn guest_that_never_boots_times_out_with_console_and_cleans_up() {
     let Some((_l, ns, root)) = setup("noboot") else {
         return;

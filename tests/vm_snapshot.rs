@@ -13,6 +13,7 @@ use fireclaw::vmm::{qemu::Qemu, Boot, SnapshotFiles, VmSpec, Vmm};
 use support::vm::*;
 
 #[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
 fn qemu_snapshot_then_restore_keeps_guest_memory() {
     if !prerequisites("vm", true) {
         return;

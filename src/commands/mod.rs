@@ -5,6 +5,7 @@ pub mod gc;
 pub mod image;
 pub mod provision;
 pub mod run;
+pub mod shell;
 pub mod status;
 pub mod uninstall;
 
@@ -60,6 +61,20 @@ impl Env {
             }
             other => Ok(other?),
         }
+    }
+
+    /// Commands that work on a provisioned host call this before touching any state, so that on
+    /// a host without one they say what to do and create nothing (opening the database would
+    /// create it, after which `status` and `uninstall` would take the host for provisioned).
+    pub fn require_provisioned(&self) -> anyhow::Result<()> {
+        let db = self.db_path();
+        if !db.exists() {
+            anyhow::bail!(
+                "this host is not provisioned ({} does not exist): run `fireclaw provision` first",
+                db.display()
+            );
+        }
+        Ok(())
     }
 
     pub fn require_root(&self, what: &str) -> anyhow::Result<()> {

@@ -147,8 +147,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
     move |source| GuestError::Io { what, source }
 }
 
-/// Checks what booting a guest needs. `Ok(false)`: skip (reason printed); panics when the tier is
-/// demanded and something is missing, because a silent skip in CI would hide a broken machine.
+/// Checks what booting a guest needs; panics when something is missing (see `super::require`).
 pub fn require(tier: &str) -> bool {
     let missing = missing_prerequisites();
     let what = missing.as_deref().unwrap_or("guest prerequisites");
@@ -651,6 +650,8 @@ pub fn reinvoke_in_guest(test_name: &str, tier: &str, spec: impl FnOnce(GuestSpe
         exe.to_string_lossy().into_owned(),
         "--exact".into(),
         test_name.into(),
+        // Tier tests are #[ignore]d by default; the in-guest half must still run.
+        "--include-ignored".into(),
         "--nocapture".into(),
         "--test-threads=1".into(),
     ];

@@ -1,0 +1,3 @@
+//! Fixtures the tests of every workspace member share (a dev-dependency only): real daemons
+//! started the way their distribution's unit starts them, and doubles of services that cannot be
+//! installed here, speaking the same documented protocol.
