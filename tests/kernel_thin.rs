@@ -12,32 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fireclaw::state::Db;
-use fireclaw::storage::thin::{self, PoolGeometry, PoolSpec, ThinEngine, ThinError};
+use fireclaw::storage::thin::{self, PoolSpec, ThinEngine, ThinError};
 use support::guest;
-
-const MODULES: &[&str] = &["dm-thin-pool", "loop"];
-
-fn spec(dir: &Path, name: &str, data_mib: u64, max_used_percent: u8) -> PoolSpec {
-    PoolSpec {
-        name: name.into(),
-        dir: dir.join("pool"),
-        geometry: PoolGeometry::new(data_mib, 64, 128, max_used_percent).expect("geometry"),
-        max_used_percent,
-    }
-}
-
-/// An image whose every MiB has its own byte value, so any mix-up between disks shows.
-fn make_image(path: &Path, mib: usize, salt: u8) {
-    let mut f = std::fs::File::create(path).expect("create image");
-    for i in 0..mib {
-        f.write_all(&vec![
-            (i as u8).wrapping_mul(7).wrapping_add(salt) | 1;
-            1 << 20
-        ])
-        .expect("write image");
-    }
-    f.sync_all().expect("sync image");
-}
+use support::thin::{make_image, spec, MODULES};
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut f = std::fs::File::open(path).expect("open disk");
@@ -426,83 +403,6 @@ fn concurrent_starts_do_not_race_in_guest() {
     engine.destroy_pool().expect("destroy pool");
     assert!(dm_devices("fcconc-").is_empty());
     assert!(thin::loops_of(&spec.data_file()).is_empty());
-}
-
-/// Benchmark (prints, asserts no timing): a VM's disk by thin snapshot vs. by copy, for a 64 MiB
-/// and a 1 GiB image. The snapshot's time must not grow with the image; the copy's does.
-#[test]
-#[ignore = "kernel tier: needs root, QEMU and a guest kernel; run with --include-ignored"]
-fn bench_thin_snapshot_vs_copy_in_guest() {
-    if !guest::in_guest() {
-        return guest::reinvoke_in_guest("bench_thin_snapshot_vs_copy_in_guest", "kernel", |s| {
-            s.modules(MODULES.iter().copied())
-                .memory_mib(3072, 2600)
-                .timeout(Duration::from_secs(900))
-        });
-    }
-    let tmp = tempfile::tempdir().expect("scratch");
-    let db = Db::open(&tmp.path().join("state.db")).expect("db");
-    let spec = spec(tmp.path(), "fcbench", 1200, 99);
-    let engine = ThinEngine::new(&db, spec.clone()).expect("engine");
-    engine.create_pool().expect("pool");
-    const ROUNDS: usize = 3;
-    let mut rows = Vec::new();
-    for (label, mib) in [("64 MiB", 64usize), ("1 GiB", 1024)] {
-        let image = tmp.path().join(format!("img-{mib}"));
-        make_image(&image, mib, 5);
-        // Copy engine first, while the pool is still empty: tmpfs holds one image plus one copy.
-        let mut copy_times = Vec::new();
-        for r in 0..ROUNDS {
-            let dst = tmp.path().join(format!("copy-{mib}-{r}"));
-            let t = Instant::now();
-            std::fs::copy(&image, &dst).expect("copy");
-            std::fs::File::open(&dst)
-                .and_then(|f| f.sync_all())
-                .expect("sync copy");
-            copy_times.push(t.elapsed());
-            std::fs::remove_file(&dst).expect("remove copy");
-        }
-        engine
-            .import_image(&format!("img{mib}"), "d", &image)
-            .expect("import");
-        std::fs::remove_file(&image).expect("remove image");
-        let mut snap_times = Vec::new();
-        for r in 0..ROUNDS {
-            let vm = format!("bench-{mib}-{r}");
-            let t = Instant::now();
-            let disk = engine
-                .clone_for_vm(&format!("img{mib}"), &vm)
-                .expect("snapshot");
-            snap_times.push(t.elapsed());
-            assert_eq!(disk.size_bytes, (mib as u64) << 20);
-            engine.destroy_vm_disk(&vm).expect("destroy");
-        }
-        let median = |v: &mut Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-        rows.push((label, median(&mut snap_times), median(&mut copy_times)));
-    }
-    println!("\nper-VM root disk, median of {ROUNDS} (TCG guest; ratios matter, not absolutes)");
-    println!(
-        "{:<8} {:>14} {:>16} {:>10}",
-        "image", "thin snapshot", "reflink/copy", "copy/thin"
-    );
-    for (label, snap, copy) in &rows {
-        println!(
-            "{:<8} {:>11.1} ms {:>13.1} ms {:>9.1}x",
-            label,
-            snap.as_secs_f64() * 1e3,
-            copy.as_secs_f64() * 1e3,
-            copy.as_secs_f64() / snap.as_secs_f64()
-        );
-    }
-    let snap_growth = rows[1].1.as_secs_f64() / rows[0].1.as_secs_f64();
-    let copy_growth = rows[1].2.as_secs_f64() / rows[0].2.as_secs_f64();
-    println!(
-        "growth 64 MiB -> 1 GiB (16x the data): thin snapshot {snap_growth:.2}x, copy {copy_growth:.2}x"
-    );
-    engine.destroy_pool().expect("destroy pool");
 }
 
 /// The provisioning path end to end, with fireclaw's own plan engine and commands: the thinpool

@@ -402,6 +402,28 @@ fn init_script(spec: &GuestSpec, module_files: &[String]) -> String {
         "cd {} && exec /usr/bin/env -i {env_words} {argv}",
         sh_quote(&spec.cwd.to_string_lossy())
     );
+    // The guest's /tmp is a tmpfs over the shared root's: a checkout under /tmp (where many
+    // people clone) would vanish under it. Each top-level entry of /tmp that the command needs
+    // (its working directory, its executable) is bound back in from the shared root.
+    let mut keep: Vec<String> = [
+        spec.cwd.as_path(),
+        Path::new(spec.cmd.first().map(String::as_str).unwrap_or("")),
+    ]
+    .iter()
+    .filter_map(|p| p.strip_prefix("/tmp").ok())
+    .filter_map(|rest| rest.components().next())
+    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+    .collect();
+    keep.sort();
+    keep.dedup();
+    let rebind = keep
+        .iter()
+        .map(|k| {
+            let k = sh_quote(k);
+            format!("mkdir -p /mnt/tmp/{k} && mount -o bind /hosttmp/{k} /mnt/tmp/{k}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let loads = module_files
         .iter()
         .map(|m| format!("insmod /modules/{m} || echo \"fireclaw-guest: insmod {m} failed\""))
@@ -411,7 +433,7 @@ fn init_script(spec: &GuestSpec, module_files: &[String]) -> String {
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
-mkdir -p /proc /sys /dev /mnt
+mkdir -p /proc /sys /dev /mnt /hosttmp
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -424,7 +446,9 @@ fi
 mount -t proc proc /mnt/proc
 mount -t sysfs sys /mnt/sys
 mount -t devtmpfs dev /mnt/dev
+mount -o bind /mnt/tmp /hosttmp
 mount -t tmpfs -o size={scratch}m tmp /mnt/tmp
+{rebind}
 mount -t tmpfs -o size=16m run /mnt/run
 chroot /mnt /bin/sh -c {inner}
 code=$?
@@ -698,6 +722,21 @@ mod tests {
     // #[test] functions (and so this import's uses) vanish.
     #[allow(unused_imports)]
     use super::*;
+
+    #[test]
+    fn a_checkout_under_tmp_stays_visible_under_the_guests_tmpfs() {
+        let mut spec = GuestSpec::new(vec!["/tmp/clone/target/debug/deps/t-1".into()]);
+        spec.cwd = "/tmp/clone".into();
+        let script = init_script(&spec, &[]);
+        let bind = "mount -o bind /hosttmp/'clone' /mnt/tmp/'clone'";
+        let tmpfs = script.find("tmp /mnt/tmp").unwrap();
+        assert!(script.find(bind).unwrap() > tmpfs, "{script}");
+        assert_eq!(script.matches(bind).count(), 1, "{script}");
+
+        spec.cwd = "/work/clone".into();
+        spec.cmd = vec!["/work/clone/t".into()];
+        assert!(!init_script(&spec, &[]).contains("/hosttmp/'"));
+    }
 
     #[test]
     fn quoting_survives_single_quotes() {

@@ -5,6 +5,8 @@
 pub mod guest;
 /// Minirootfs-shaped trees and image inspection for the image tests.
 pub mod image;
+/// The thin pool's fixtures (kernel tier and the thin benchmark).
+pub mod thin;
 /// The VM tests' guest fixture, namespace with a bridge, and temporary root.
 pub mod vm;
 
