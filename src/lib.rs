@@ -1,6 +1,7 @@
 //! fireclaw: provisioning, images, VM lifecycle and the agent runtime. The binary in `main.rs` only
 //! parses and dispatches; everything lives here so integration tests can reach it.
 
+pub mod agents;
 pub mod archive;
 pub mod cli;
 pub mod commands;

@@ -1,5 +1,7 @@
 //! IRC: names and the ngircd configuration fireclaw generates.
 
+pub mod command;
+pub mod mask;
 pub mod ngircd;
 
 /// RFC 2812 channel names as fireclaw uses them: `#` then 1..49 characters without space, comma,
