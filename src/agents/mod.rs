@@ -4,4 +4,5 @@
 //! thinks with the local Ollama. Templates (`recipes/agents/*.toml`, overridable in
 //! `/etc/fireclaw/agents/`) say what kind of agent it is.
 
+pub mod store;
 pub mod template;

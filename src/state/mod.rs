@@ -91,6 +91,44 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (pool, dev_id)
      );",
+    // 4: the agent system. `agents` survives every restart (runtime, host): an agent's name is
+    // its IRC nick and its workspace's file name. `audit` records every overseer or socket
+    // command, who sent it and what came of it. `usage` is one row per interaction the guest
+    // agent reported (attributed by the VM it was read from, so no agent can forge another's).
+    "CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        template TEXT NOT NULL,
+        model TEXT NOT NULL,
+        persona TEXT,
+        state TEXT NOT NULL CHECK (state IN ('starting', 'running', 'stopped', 'failed')),
+        vm_id TEXT,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('irc', 'socket')),
+        actor TEXT NOT NULL,
+        command TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        result TEXT NOT NULL
+     );
+     CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        eval_tokens INTEGER NOT NULL,
+        channel TEXT,
+        asker TEXT,
+        summary TEXT
+     );
+     CREATE INDEX usage_by_agent ON usage (agent, at);",
 ];
 
 #[derive(Debug, thiserror::Error)]
