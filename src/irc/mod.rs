@@ -3,6 +3,7 @@
 pub mod command;
 pub mod mask;
 pub mod ngircd;
+pub mod overseer;
 
 /// RFC 2812 channel names as fireclaw uses them: `#` then 1..49 characters without space, comma,
 /// BEL or colon.
