@@ -11,6 +11,7 @@ pub mod image;
 pub mod irc;
 pub mod net;
 pub mod plan;
+pub mod pool;
 pub mod provision;
 pub mod report;
 pub mod root;

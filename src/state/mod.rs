@@ -129,6 +129,23 @@ const MIGRATIONS: &[&str] = &[
         summary TEXT
      );
      CREATE INDEX usage_by_agent ON usage (agent, at);",
+    // 5: base snapshots (pool::store). A row is written (`building`) before its directory exists,
+    // so a crash mid-build leaves a row naming what to delete. `tag` is JSON (pool::tag) and is
+    // compared with the host before every restore; a mismatch marks the row `stale`.
+    "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        image TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        vcpus INTEGER NOT NULL,
+        mem_mib INTEGER NOT NULL,
+        tag TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('building', 'ready', 'stale')),
+        bytes INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+     );
+     CREATE UNIQUE INDEX one_ready_snapshot ON snapshots (image, engine, vcpus, mem_mib)
+        WHERE state = 'ready';",
 ];
 
 #[derive(Debug, thiserror::Error)]
