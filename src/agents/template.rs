@@ -322,8 +322,23 @@ pub fn is_template_name(s: &str) -> bool {
         && s.len() <= 32
 }
 
-/// The templates in effect: the built-in directory, then the operator's, a file in the later
-/// directory replacing the built-in template of the same name.
+/// The built-in templates, compiled in so the binary needs nothing beside it on a host.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("coder", include_str!("../../recipes/agents/coder.toml")),
+    (
+        "creative",
+        include_str!("../../recipes/agents/creative.toml"),
+    ),
+    ("quick", include_str!("../../recipes/agents/quick.toml")),
+    (
+        "researcher",
+        include_str!("../../recipes/agents/researcher.toml"),
+    ),
+    ("worker", include_str!("../../recipes/agents/worker.toml")),
+];
+
+/// The templates in effect: the built-in ones, then each directory's files in order, a later
+/// file replacing an earlier template of the same name.
 #[derive(Debug, Clone, Default)]
 pub struct Templates {
     by_name: BTreeMap<String, (Template, PathBuf)>,
@@ -335,6 +350,11 @@ impl Templates {
     /// vanished would make `!invoke` fail later with a worse message.
     pub fn load(dirs: &[&Path]) -> Result<Templates, TemplateError> {
         let mut by_name = BTreeMap::new();
+        for (name, text) in BUILTIN {
+            let path = PathBuf::from(format!("recipes/agents/{name}.toml"));
+            let t = Template::parse(text, &path)?;
+            by_name.insert(name.to_string(), (t, path));
+        }
         for dir in dirs {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
@@ -511,12 +531,26 @@ max_restarts = 3
 
     #[test]
     fn the_built_in_templates_load_and_an_operator_file_overrides_one() {
-        let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/agents");
-        let t = Templates::load(&[&builtin]).unwrap();
+        let t = Templates::load(&[]).unwrap();
         assert_eq!(
             t.names(),
             ["coder", "creative", "quick", "researcher", "worker"]
         );
+        // Every file in recipes/agents is compiled in.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/agents");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        files.sort();
+        assert_eq!(files, t.names());
         let ops = tempfile::tempdir().unwrap();
         std::fs::write(
             ops.path().join("coder.toml"),
@@ -528,7 +562,7 @@ max_restarts = 3
             "description = \"new\"\npersona = \"p\"\n",
         )
         .unwrap();
-        let t = Templates::load(&[&builtin, ops.path(), Path::new("/nonexistent")]).unwrap();
+        let t = Templates::load(&[ops.path(), Path::new("/nonexistent")]).unwrap();
         assert_eq!(t.get("coder").unwrap().description, "ours");
         assert_eq!(
             t.source("coder"),
