@@ -6,3 +6,4 @@
 
 pub mod store;
 pub mod template;
+pub mod workspace;
