@@ -185,8 +185,8 @@ fn the_man_page_renders_and_completions_name_every_command() {
     let dir = temp_root();
     let file = dir.path().join("fireclaw.1");
     std::fs::write(&file, &text).unwrap();
-    // Rendered by man(1) where it is installed (CI installs man-db), else by groff, else only
-    // checked for its header above.
+    // Rendered by man(1) where it is installed, else by groff, else only checked for its header
+    // above.
     let rendered = if Path::new("/usr/bin/man").exists() {
         Command::new("man")
             .arg("-l")
