@@ -273,10 +273,19 @@ impl From<PolicyArg> for crate::net::policy::Policy {
 /// The full command definition: the derived one plus what only the code knows, such as the
 /// provision step names (listed from the step list itself, so help cannot fall behind it).
 pub fn command() -> clap::Command {
-    let steps = crate::provision::step_names().join(", ");
+    let steps = crate::provision::step_names();
+    let list = steps.join(", ");
     Cli::command().mut_subcommand("provision", |c| {
-        let only = format!("Run only these steps (comma-separated). Steps, in order: {steps}. Preflight and state always run.");
-        c.mut_arg("only", |a| a.help(only))
+        // Unknown step names are usage errors, and completions offer the real ones.
+        let names = clap::builder::PossibleValuesParser::new(steps.clone());
+        c.mut_arg("only", |a| {
+            a.help(format!(
+                "Run only these steps (comma-separated). Steps, in order: {list}. Preflight and state always run."
+            ))
+            .value_parser(names.clone())
+            .hide_possible_values(true)
+        })
+        .mut_arg("skip", |a| a.value_parser(names).hide_possible_values(true))
     })
 }
 
@@ -360,6 +369,8 @@ mod tests {
     fn usage_errors_exit_2_but_run_exits_125() {
         for (args, code) in [
             (&["fireclaw", "provision", "--bogus"][..], 2),
+            (&["fireclaw", "provision", "--only", "keys"][..], 2),
+            (&["fireclaw", "provision", "--skip", "layout,nope"][..], 2),
             (&["fireclaw", "--root", "/x", "status", "extra"][..], 2),
             (&["fireclaw", "nosuchcommand"][..], 2),
             (&["fireclaw", "run", "--cpus", "0", "--", "true"][..], 125),
@@ -402,11 +413,17 @@ mod tests {
 
     #[test]
     fn every_command_has_examples() {
-        let mut cmd = command();
-        for sub in cmd.get_subcommands_mut() {
-            let help = sub.render_long_help().to_string();
-            assert!(help.contains("Examples:"), "{}:\n{help}", sub.get_name());
+        fn check(cmd: &mut clap::Command, path: &str) {
+            for sub in cmd.get_subcommands_mut() {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub.render_long_help().to_string();
+                assert!(help.contains("Examples:"), "{path}:\n{help}");
+                check(sub, &path);
+            }
         }
+        let mut cmd = command().disable_help_subcommand(true);
+        assert!(cmd.render_long_help().to_string().contains("Examples:"));
+        check(&mut cmd, "fireclaw");
     }
 
     #[test]

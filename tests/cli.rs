@@ -1,6 +1,9 @@
 //! The built binary as an operator calls it: exit codes, error messages, a closed stdout, the
 //! generated man page and completions. Unit tier: nothing here needs root or changes the host
-//! (every command runs against a temporary `--root` or only parses).
+//! (every command runs against a temporary `--root` or only parses), except the one host-tier
+//! test that applies a provision step into a temporary root.
+
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -237,4 +240,34 @@ fn the_man_page_renders_and_completions_name_every_command() {
             assert!(script.contains(c), "{shell} completion lacks {c}");
         }
     }
+}
+
+/// `sudo fireclaw provision | true`: the reader is gone before the first line, and the apply must
+/// still run to the end and exit 0 (it used to apply everything, then panic with 101).
+#[test]
+#[ignore = "host tier: needs root (provision applies into a temporary root); run with --include-ignored"]
+fn an_apply_with_stdout_closed_finishes_and_exits_0() {
+    if !support::tier("host", true, &[]) {
+        return;
+    }
+    let dir = temp_root();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
+    let r = root_arg(&root);
+    let o = with_closed_pipe(&["--root", &r, "provision", "--only", "layout"], true);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        root.join("etc/fireclaw/id_ed25519").is_file(),
+        "layout was not applied"
+    );
+    assert!(root.join("var/lib/fireclaw/state.db").is_file());
+    // And it is all journaled: uninstall takes it back out.
+    let o = output(&["--root", &r, "uninstall"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!root.join("etc/fireclaw/id_ed25519").exists());
 }

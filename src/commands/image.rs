@@ -25,12 +25,21 @@ and the recipes listed in the config's `images.recipes`. An image whose recipe, 
 and keys are unchanged since its manifest was written is not rebuilt (use --force).\n\n\
 Images are packed without mounting (`mkfs.ext4 -d`), checked with `e2fsck -fn`, and described by \
 `<name>.manifest.json` beside `<name>.ext4` in the image directory, including the guest's SSH host \
-key. Building needs root; --dry-run does not."
+key. Building needs root; --dry-run does not.",
+        after_help = "Examples:\n  \
+fireclaw image build --dry-run              what would be built, and why\n  \
+sudo fireclaw image build                   the kernel and the recipes in images.recipes\n  \
+sudo fireclaw image build debian-test --recipes ./rootfs-recipes --image-dir /tmp/images"
     )]
     Build(BuildArgs),
     /// List built images and the kernel, from their manifests.
+    #[command(after_help = "Examples:\n  \
+fireclaw image list\n  \
+fireclaw image list --json | jq -r '.images[].name'")]
     List(ListArgs),
     /// Benchmark: full build vs cached rebuild of one recipe, and its size on disk vs apparent size.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw image bench debian-test")]
     Bench(BenchArgs),
 }
 
