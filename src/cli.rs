@@ -273,20 +273,56 @@ impl From<PolicyArg> for crate::net::policy::Policy {
 /// The full command definition: the derived one plus what only the code knows, such as the
 /// provision step names (listed from the step list itself, so help cannot fall behind it).
 pub fn command() -> clap::Command {
-    let steps = crate::provision::step_names();
-    let list = steps.join(", ");
+    let steps = StepName(crate::provision::step_names());
+    let list = steps.0.join(", ");
     Cli::command().mut_subcommand("provision", |c| {
-        // Unknown step names are usage errors, and completions offer the real ones.
-        let names = clap::builder::PossibleValuesParser::new(steps.clone());
         c.mut_arg("only", |a| {
             a.help(format!(
                 "Run only these steps (comma-separated). Steps, in order: {list}. Preflight and state always run."
             ))
-            .value_parser(names.clone())
+            .value_parser(steps.clone())
             .hide_possible_values(true)
         })
-        .mut_arg("skip", |a| a.value_parser(names).hide_possible_values(true))
+        .mut_arg("skip", |a| a.value_parser(steps).hide_possible_values(true))
     })
+}
+
+/// `--only`/`--skip` values: an unknown step is a usage error that lists the steps, and shell
+/// completions offer the real names.
+#[derive(Clone)]
+struct StepName(Vec<&'static str>);
+
+impl clap::builder::TypedValueParser for StepName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let value = value.to_string_lossy();
+        if self.0.contains(&value.as_ref()) {
+            return Ok(value.into_owned());
+        }
+        let flag = arg.map(|a| a.to_string()).unwrap_or_default();
+        Err(clap::Error::raw(
+            clap::error::ErrorKind::InvalidValue,
+            format!(
+                "unknown step {value:?} for {flag}; the steps are: {}\n",
+                self.0.join(", ")
+            ),
+        )
+        .with_cmd(cmd))
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.0.iter().map(|n| clap::builder::PossibleValue::new(*n)),
+        ))
+    }
 }
 
 /// Parses the process's arguments. On a usage error, prints clap's message and exits with
