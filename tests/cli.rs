@@ -200,7 +200,7 @@ fn the_man_page_renders_and_completions_name_every_command() {
             .ok()
     } else {
         Command::new("groff")
-            .args(["-man", "-Tutf8"])
+            .args(["-man", "-Tutf8", "-P-cbou"])
             .arg(&file)
             .output()
             .ok()
