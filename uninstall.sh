@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reverse install.sh: `fireclaw uninstall` (every change provision journaled), then remove the binary.
+# Reverse install.sh: `fireclaw uninstall` (every change provision journaled), then remove the binary,
+# its man page and its bash completion.
 #
-#   ./uninstall.sh             uninstall and remove /usr/local/bin/fireclaw
+#   ./uninstall.sh             uninstall and remove /usr/local/bin/fireclaw and what install.sh added
 #   ./uninstall.sh --dry-run   show what would be reversed; changes nothing
 #
 # Environment: FIRECLAW_ROOT as for install.sh.
@@ -10,6 +11,8 @@ set -euo pipefail
 root=${FIRECLAW_ROOT:-/}
 root=${root%/}
 dest="$root/usr/local/bin/fireclaw"
+man1="$root/usr/local/share/man/man1"
+extras=("$man1/fireclaw.1" "$root/usr/share/bash-completion/completions/fireclaw")
 
 say() { printf 'uninstall.sh: %s\n' "$*" >&2; }
 
@@ -21,6 +24,11 @@ fi
 if [ "${1:-}" = "--dry-run" ]; then
   "$dest" --root "${root:-/}" uninstall "$@"
   say "would remove $dest"
+  for f in "${extras[@]}"; do
+    if [ -e "$f" ]; then
+      say "would remove $f"
+    fi
+  done
   exit 0
 fi
 
@@ -32,3 +40,11 @@ fi
 "$dest" --root "${root:-/}" uninstall "$@"
 rm -f "$dest"
 say "removed $dest"
+for f in "${extras[@]}"; do
+  if [ -e "$f" ]; then
+    rm -f "$f"
+    say "removed $f"
+  fi
+done
+# install.sh creates man1 when the distribution has none; an empty one is not worth keeping.
+rmdir "$man1" 2>/dev/null || true

@@ -26,12 +26,93 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{path}: `{key}` is invalid: {message}")]
+    #[error("{path}{}: `{key}` is invalid: {message}", .line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
+        /// Where the key is set; `None` when the value is a default (the file does not set it).
+        line: Option<usize>,
         key: &'static str,
         message: String,
     },
+}
+
+/// The range every setting with a size or a count must fall in, shared by the configuration and
+/// the command-line flags that set the same thing (`run --cpus` is checked against [`VCPUS`], as
+/// `pool.vcpus` is), so the two cannot disagree.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Bound {
+        pub min: u64,
+        pub max: u64,
+        /// Why these limits, for the error message.
+        pub why: &'static str,
+    }
+
+    impl Bound {
+        /// For clap's `value_parser!(..).range(..)`.
+        pub const fn clap(self) -> RangeInclusive<i64> {
+            self.min as i64..=self.max as i64
+        }
+
+        pub fn check(self, value: u64) -> Result<(), String> {
+            if (self.min..=self.max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected {}..={} ({}), got {value}",
+                    self.min, self.max, self.why
+                ))
+            }
+        }
+    }
+
+    pub const VCPUS: Bound = Bound {
+        min: 1,
+        max: 32,
+        why: "Firecracker's limit",
+    };
+    pub const MEM_MIB: Bound = Bound {
+        min: 64,
+        max: 1_048_576,
+        why: "MiB: a guest kernel needs 64, and 1 TiB is past any host fireclaw targets",
+    };
+    pub const MAX_VMS: Bound = Bound {
+        min: 1,
+        max: 1023,
+        why: "a Linux bridge has at most 1024 ports and the host uses one",
+    };
+    pub const WARM_PER_IMAGE: Bound = Bound {
+        min: 0,
+        max: 64,
+        why: "ready VMs per image; each holds its memory while it waits",
+    };
+    pub const DATA_MIB: Bound = Bound {
+        min: 64,
+        max: 16_777_216,
+        why: "MiB; the sparse data file can be at most 16 TiB, ext4's largest file",
+    };
+    pub const METADATA_MIB: Bound = Bound {
+        min: 2,
+        max: 16_320,
+        why: "MiB, dm-thin's limits",
+    };
+}
+
+/// A value `validate` refused: the key (and the array item) it is at, and why.
+struct Invalid {
+    key: &'static str,
+    item: Option<usize>,
+    message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key,
+        item: None,
+        message: message.into(),
+    }
 }
 
 /// The whole configuration file.
@@ -252,13 +333,19 @@ impl Default for Images {
 impl Config {
     /// Loads the config file if it exists; defaults otherwise. A file that exists but cannot be read
     /// or parsed is an error: silently falling back to defaults would provision the wrong host.
-    pub fn load(root: &RootPrefix, explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    ///
+    /// `recipes` are the image recipes that exist: `[images] recipes` may name only these.
+    pub fn load(
+        root: &RootPrefix,
+        explicit: Option<&Path>,
+        recipes: &[String],
+    ) -> Result<Config, ConfigError> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
             None => root.host(DEFAULT_CONFIG_PATH),
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Config::parse(&text, &path),
+            Ok(text) => Config::parse_checked(&text, &path, Some(recipes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
                 Ok(Config::default())
             }
@@ -266,7 +353,17 @@ impl Config {
         }
     }
 
+    /// Parses and validates a file's text; recipe names are checked for their form only.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_checked(text, path, None)
+    }
+
+    /// Parses and validates; with `recipes`, every name in `[images] recipes` must be one of them.
+    pub fn parse_checked(
+        text: &str,
+        path: &Path,
+        recipes: Option<&[String]>,
+    ) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
@@ -276,16 +373,36 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        config.validate(path)?;
+        config
+            .validate()
+            .and_then(|()| config.check_recipe_names(recipes))
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: value_offset(text, e.key, e.item).map(|o| line_col(text, o).0),
+                key: e.key,
+                message: e.message,
+            })?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
+    fn check_recipe_names(&self, known: Option<&[String]>) -> Result<(), Invalid> {
+        let Some(known) = known else { return Ok(()) };
+        for (i, name) in self.images.recipes.iter().enumerate() {
+            if !known.contains(name) {
+                return Err(Invalid {
+                    key: "images.recipes",
+                    item: Some(i),
+                    message: format!(
+                        "there is no recipe named {name:?}; the recipes are: {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
         let p = &self.paths;
         for (key, value) in [
             ("paths.state_dir", &p.state_dir),
@@ -322,27 +439,31 @@ impl Config {
         {
             return Err(invalid(
                 "firecracker.sha256",
-                "expected 64 hexadecimal digits".into(),
+                "expected 64 hexadecimal digits",
             ));
         }
-        for name in [&self.irc.server_name, &self.irc.network] {
+        for (key, name) in [
+            ("irc.server_name", &self.irc.server_name),
+            ("irc.network", &self.irc.network),
+        ] {
             if name.is_empty()
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
             {
                 return Err(invalid(
-                    "irc",
-                    format!("server_name and network must be non-empty ASCII names, got {name:?}"),
+                    key,
+                    format!("expected a non-empty name of ASCII letters, digits, `.`, `-` and `_`, got {name:?}"),
                 ));
             }
         }
-        for channel in &self.irc.channels {
+        for (i, channel) in self.irc.channels.iter().enumerate() {
             if !crate::irc::is_channel_name(channel) {
-                return Err(invalid(
-                    "irc.channels",
-                    format!("expected channel names like \"#agents\", got {channel:?}"),
-                ));
+                return Err(Invalid {
+                    key: "irc.channels",
+                    item: Some(i),
+                    message: format!("expected channel names like \"#agents\", got {channel:?}"),
+                });
             }
         }
         for (key, nick) in [
@@ -357,18 +478,54 @@ impl Config {
             }
         }
         if self.irc.port == 0 {
-            return Err(invalid(
-                "irc.port",
-                "expected a port between 1 and 65535".into(),
-            ));
+            return Err(invalid("irc.port", "expected a port between 1 and 65535"));
         }
-        if self.pool.vcpus == 0 || self.pool.mem_mib < 64 {
+        let pool = &self.pool;
+        bounds::VCPUS
+            .check(pool.vcpus.into())
+            .map_err(|m| invalid("pool.vcpus", m))?;
+        bounds::MEM_MIB
+            .check(pool.mem_mib.into())
+            .map_err(|m| invalid("pool.mem_mib", m))?;
+        bounds::MAX_VMS
+            .check(pool.max_vms.into())
+            .map_err(|m| invalid("pool.max_vms", m))?;
+        bounds::WARM_PER_IMAGE
+            .check(pool.warm_per_image.into())
+            .map_err(|m| invalid("pool.warm_per_image", m))?;
+        // Checked above: the address parses.
+        if let Ok(cidr) = crate::net::Ipv4Cidr::parse(&self.network.address) {
+            // Every VM needs an address of its own; the network, broadcast and host addresses are taken.
+            let guests = (1u64 << (32 - u32::from(cidr.prefix))) - 3;
+            if u64::from(pool.max_vms) > guests {
+                return Err(invalid(
+                    "pool.max_vms",
+                    format!(
+                        "{} VMs cannot all get an address: network.address {} leaves {guests} for guests; lower max_vms or widen the prefix",
+                        pool.max_vms, self.network.address
+                    ),
+                ));
+            }
+        }
+        let warm_total = u64::from(pool.warm_per_image) * self.images.recipes.len() as u64;
+        if warm_total > u64::from(pool.max_vms) {
             return Err(invalid(
-                "pool",
-                "vcpus must be at least 1 and mem_mib at least 64".into(),
+                "pool.warm_per_image",
+                format!(
+                    "{} warm VMs for each of {} image(s) is {warm_total}, more than pool.max_vms = {}",
+                    pool.warm_per_image,
+                    self.images.recipes.len(),
+                    pool.max_vms
+                ),
             ));
         }
         let t = &self.thinpool;
+        bounds::DATA_MIB
+            .check(t.data_mib)
+            .map_err(|m| invalid("thinpool.data_mib", m))?;
+        bounds::METADATA_MIB
+            .check(t.metadata_mib)
+            .map_err(|m| invalid("thinpool.metadata_mib", m))?;
         if !(128..=2_097_152).contains(&t.block_sectors) || !t.block_sectors.is_multiple_of(128) {
             return Err(invalid(
                 "thinpool.block_sectors",
@@ -379,10 +536,7 @@ impl Config {
             ));
         }
         if t.max_used_percent == 0 || t.max_used_percent > 100 {
-            return Err(invalid(
-                "thinpool.max_used_percent",
-                "expected 1..=100".into(),
-            ));
+            return Err(invalid("thinpool.max_used_percent", "expected 1..=100"));
         }
         let mirror = &self.images.alpine_mirror;
         let scheme_ok = ["https://", "http://", "file://"]
@@ -394,16 +548,17 @@ impl Config {
                 format!("expected an https://, http:// or file:// URL, got {mirror:?}"),
             ));
         }
-        for recipe in &self.images.recipes {
+        for (i, recipe) in self.images.recipes.iter().enumerate() {
             if recipe.is_empty()
                 || !recipe
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(invalid(
-                    "images.recipes",
-                    format!("expected recipe names like \"base\", got {recipe:?}"),
-                ));
+                return Err(Invalid {
+                    key: "images.recipes",
+                    item: Some(i),
+                    message: format!("expected recipe names like \"base\", got {recipe:?}"),
+                });
             }
         }
         Ok(())
@@ -420,6 +575,31 @@ fn is_nft_identifier(s: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && s.len() <= 64
+}
+
+/// Byte offset of the value at a dotted `key` (and array `item`) in the file's text, or `None`
+/// when the file does not set it (the value is a default).
+fn value_offset(text: &str, key: &str, item: Option<usize>) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        if parts.peek().is_none() {
+            return match (value.get_ref(), item) {
+                (DeValue::Array(items), Some(i)) => {
+                    Some(items.get(i).map_or(value.span(), |v| v.span()).start)
+                }
+                _ => Some(value.span().start),
+            };
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// 1-based line and column of a byte offset.
@@ -511,6 +691,76 @@ mod tests {
         }
     }
 
+    /// Values that parse but make no sense are refused at load time, naming file, line and key.
+    #[test]
+    fn absurd_values_are_refused_with_file_line_and_key() {
+        for (text, key, line) in [
+            ("[pool]\nmax_vms = 0", "pool.max_vms", 2),
+            ("[pool]\n\nmax_vms = 4294967295", "pool.max_vms", 3),
+            ("[pool]\nmax_vms = 300", "pool.max_vms", 2),
+            ("[pool]\nwarm_per_image = 1000", "pool.warm_per_image", 2),
+            (
+                "[pool]\nmax_vms = 3\nwarm_per_image = 2",
+                "pool.warm_per_image",
+                3,
+            ),
+            ("[pool]\nvcpus = 255", "pool.vcpus", 2),
+            ("[pool]\nvcpus = 0", "pool.vcpus", 2),
+            ("[pool]\nmem_mib = 99999999", "pool.mem_mib", 2),
+            ("[thinpool]\ndata_mib = 0", "thinpool.data_mib", 2),
+            ("[thinpool]\nmetadata_mib = 1", "thinpool.metadata_mib", 2),
+            (
+                "\n[network]\naddress = \"172.16.0.1\"",
+                "network.address",
+                3,
+            ),
+            ("[network]\naddress = \"10.0.0.1/30\"", "pool.max_vms", 0),
+            ("[irc]\nchannels = [\"#ok\",\n  \"bad\"]", "irc.channels", 3),
+            ("[irc]\nnetwork = \"\"", "irc.network", 2),
+            (
+                "[images]\nrecipes = [\"base\", \"../x\"]",
+                "images.recipes",
+                2,
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            let at = if line == 0 {
+                "/etc/fireclaw/fireclaw.toml: ".to_string()
+            } else {
+                format!("/etc/fireclaw/fireclaw.toml:{line}: ")
+            };
+            assert!(err.starts_with(&at), "{text:?} gave {err}");
+            assert!(err.contains(&format!("`{key}`")), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let ok = "[pool]\nvcpus = 32\nmem_mib = 64\nmax_vms = 253\nwarm_per_image = 64\n\
+                  [thinpool]\ndata_mib = 64\nmetadata_mib = 16320\n";
+        parse(ok).unwrap();
+    }
+
+    #[test]
+    fn unknown_recipes_are_refused_naming_the_ones_that_exist() {
+        let known = ["agent".to_string(), "base".to_string()];
+        let text = "[images]\nrecipes = [\n  \"base\",\n  \"bsae\",\n]\n";
+        let err = Config::parse_checked(text, Path::new("/c.toml"), Some(&known))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/c.toml:4: `images.recipes`"), "{err}");
+        assert!(
+            err.contains("\"bsae\"") && err.contains("agent, base"),
+            "{err}"
+        );
+        Config::parse_checked(
+            "[images]\nrecipes = [\"agent\"]",
+            Path::new("/c.toml"),
+            Some(&known),
+        )
+        .unwrap();
+    }
+
     /// README documents every default; this keeps it true.
     #[test]
     fn readme_configuration_block_is_the_defaults() {
@@ -531,8 +781,8 @@ mod tests {
     fn missing_default_file_is_defaults_but_missing_explicit_file_is_error() {
         let dir = tempfile::tempdir().unwrap();
         let root = RootPrefix::new(dir.path());
-        assert_eq!(Config::load(&root, None).unwrap(), Config::default());
-        let err = Config::load(&root, Some(&dir.path().join("nope.toml"))).unwrap_err();
+        assert_eq!(Config::load(&root, None, &[]).unwrap(), Config::default());
+        let err = Config::load(&root, Some(&dir.path().join("nope.toml")), &[]).unwrap_err();
         assert!(err.to_string().contains("nope.toml"));
     }
 }

@@ -29,6 +29,9 @@ fn scripts_are_shellcheck_clean() {
 
 fn layout(root: &Path, ubuntu: bool) {
     std::fs::create_dir_all(root.join("usr/local/bin")).expect("mkdir");
+    // As Debian and Ubuntu have them (bash-completion installed; no man1 under /usr/local).
+    std::fs::create_dir_all(root.join("usr/local/share/man")).expect("mkdir");
+    std::fs::create_dir_all(root.join("usr/share/bash-completion/completions")).expect("mkdir");
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     if ubuntu {
         std::fs::create_dir_all(root.join("usr/lib")).expect("mkdir");
@@ -88,6 +91,13 @@ fn install_and_uninstall_scripts_on_debian_and_ubuntu_layouts() {
 
         run_ok(&mut script("install.sh", &[steps[0], steps[1]]));
         assert!(root.join("usr/local/bin/fireclaw").is_file());
+        let page = std::fs::read_to_string(root.join("usr/local/share/man/man1/fireclaw.1"))
+            .expect("the man page the unit's Documentation= names");
+        assert!(page.contains(".TH fireclaw 1"));
+        let completion =
+            std::fs::read_to_string(root.join("usr/share/bash-completion/completions/fireclaw"))
+                .expect("bash completion");
+        assert!(completion.contains("provision"));
         assert!(root.join("etc/ngircd/ngircd.conf").is_file());
         assert!(run_ok(&mut ns.cmd("ip", &["link", "show", "fcbr0"])).contains("fcbr0"));
 

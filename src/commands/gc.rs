@@ -9,7 +9,11 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
     let host = super::run::host(env);
     if args.dry_run {
         let Some(db) = env.open_db_read_only()? else {
-            println!("No state database: nothing to collect.");
+            if args.json {
+                println!("[]");
+            } else {
+                println!("No state database: nothing to collect.");
+            }
             return Ok(0);
         };
         let records = record::list(&db)?;
@@ -47,7 +51,16 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
     env.require_root("fireclaw gc")?;
     if !env.db_path().exists() {
         // Never provisioned and nothing ever ran: nothing recorded, and gc must not create state.
-        println!("No state database: nothing to collect.");
+        if args.json {
+            let empty = serde_json::json!({
+                "vms": vm::GcReport::default(),
+                "thin_vm_disks_removed": null,
+                "thin_image_volumes_removed": null,
+            });
+            println!("{}", serde_json::to_string_pretty(&empty)?);
+        } else {
+            println!("No state database: nothing to collect.");
+        }
         return Ok(0);
     }
     let report = vm::gc(&host, args.all, args.vm.as_deref())?;

@@ -25,12 +25,21 @@ and the recipes listed in the config's `images.recipes`. An image whose recipe, 
 and keys are unchanged since its manifest was written is not rebuilt (use --force).\n\n\
 Images are packed without mounting (`mkfs.ext4 -d`), checked with `e2fsck -fn`, and described by \
 `<name>.manifest.json` beside `<name>.ext4` in the image directory, including the guest's SSH host \
-key. Building needs root; --dry-run does not."
+key. Building needs root; --dry-run does not.",
+        after_help = "Examples:\n  \
+fireclaw image build --dry-run              what would be built, and why\n  \
+sudo fireclaw image build                   the kernel and the recipes in images.recipes\n  \
+sudo fireclaw image build debian-test --recipes ./rootfs-recipes --image-dir /tmp/images"
     )]
     Build(BuildArgs),
     /// List built images and the kernel, from their manifests.
-    List(DirArgs),
+    #[command(after_help = "Examples:\n  \
+fireclaw image list\n  \
+fireclaw image list --json | jq -r '.images[].name'")]
+    List(ListArgs),
     /// Benchmark: full build vs cached rebuild of one recipe, and its size on disk vs apparent size.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw image bench debian-test")]
     Bench(BenchArgs),
 }
 
@@ -39,6 +48,15 @@ pub struct DirArgs {
     /// Where images and manifests go (default: the config's `paths.image_dir`, under --root).
     #[arg(long, value_name = "DIR")]
     pub image_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub dirs: DirArgs,
+    /// Print `{"image_dir", "kernel", "images"}` with the kernel's and each image's manifest.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -180,27 +198,23 @@ fn build(env: &Env, b: &BuildArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn list(env: &Env, d: &DirArgs) -> anyhow::Result<i32> {
-    let dir = match &d.image_dir {
+/// The first 16 hex digits of a digest, for a table; a manifest is outside input, so a short
+/// digest is shown as it is rather than sliced.
+fn short(digest: &str) -> &str {
+    digest.get(..16).unwrap_or(digest)
+}
+
+fn list(env: &Env, args: &ListArgs) -> anyhow::Result<i32> {
+    let dir = match &args.dirs.image_dir {
         Some(p) => env.root.host(p),
         None => env.root.host(&env.config.paths.image_dir),
     };
-    if let Some(k) = manifest::read::<manifest::KernelManifest>(&dir.join("kernel.manifest.json"))?
-    {
-        println!(
-            "kernel       {} {}  vmlinux {} KiB  bzImage {} KiB  sha256 {}",
-            k.source_package,
-            k.source_version,
-            k.vmlinux_bytes / 1024,
-            k.bzimage_bytes / 1024,
-            &k.vmlinux_sha256[..16]
-        );
-    }
+    let kernel = manifest::read::<manifest::KernelManifest>(&dir.join("kernel.manifest.json"))?;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     entries.sort();
-    let mut n = 0;
+    let mut images = Vec::new();
     for p in entries {
         let Some(fname) = p.file_name().and_then(|n| n.to_str()) else {
             continue;
@@ -208,20 +222,42 @@ fn list(env: &Env, d: &DirArgs) -> anyhow::Result<i32> {
         if !fname.ends_with(".manifest.json") || fname == "kernel.manifest.json" {
             continue;
         }
-        let Some(m) = manifest::read::<manifest::Manifest>(&p)? else {
-            continue;
-        };
-        n += 1;
+        if let Some(m) = manifest::read::<manifest::Manifest>(&p)? {
+            images.push(m);
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image_dir": dir,
+                "kernel": kernel,
+                "images": images,
+            }))?
+        );
+        return Ok(0);
+    }
+    if let Some(k) = &kernel {
+        println!(
+            "kernel       {} {}  vmlinux {} KiB  bzImage {} KiB  sha256 {}",
+            k.source_package,
+            k.source_version,
+            k.vmlinux_bytes / 1024,
+            k.bzimage_bytes / 1024,
+            short(&k.vmlinux_sha256)
+        );
+    }
+    for m in &images {
         println!(
             "{:<12} {:>5} MiB ({:.1} MiB on disk)  sha256 {}  {}",
             m.name,
             m.size_bytes >> 20,
             m.disk_bytes as f64 / 1048576.0,
-            &m.sha256[..16],
+            short(&m.sha256),
             m.description
         );
     }
-    if n == 0 {
+    if images.is_empty() {
         println!("no images in {}", dir.display());
     }
     Ok(0)

@@ -80,7 +80,7 @@ pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(rt.block_on(run_async(host, opts, args)))
+    Ok(rt.block_on(run_async(host, opts, args, env.verbose)))
 }
 
 fn default_vmm(env: &Env) -> VmmKind {
@@ -99,7 +99,7 @@ enum Stop {
     VmmDied(String),
 }
 
-async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
+async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs, verbose: bool) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
@@ -141,7 +141,7 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
         }
     };
     let id = machine.id.clone();
-    if args.verbose {
+    if verbose {
         eprintln!(
             "fireclaw: VM {id} ({}, {}) at {} on {}, disk {} in {} ms",
             opts.vmm.as_str(),
@@ -162,7 +162,6 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
     };
     let command = ssh::shell_join(&args.command);
     let keep = args.keep;
-    let verbose = args.verbose;
     let boot_started = Instant::now();
     let mut exec_ms = 0u64;
     // Set once SSH answers, so a timeout or error can say which phase it interrupted.
@@ -300,7 +299,7 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs) -> i32 {
             eprintln!("warning: cleanup of VM {id}: {e} (run `fireclaw gc`)");
         }
     }
-    if args.verbose {
+    if verbose {
         eprintln!(
             "fireclaw: clone {} ms, VMM start {} ms, boot to SSH {} ms, exec {} ms, total {} ms",
             summary.clone_ms,
