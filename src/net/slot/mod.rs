@@ -179,6 +179,12 @@ impl SlotPool {
             super::validate_ifname(peer)
                 .map_err(|e| SlotError::Config(format!("guest veth peer: {e}")))?;
         }
+        // Handing out a slot is one row update; with the default FULL it waits for an fsync of
+        // the WAL (milliseconds). NORMAL keeps every commit across a crash of the process and
+        // may lose the last ones on power loss, which also takes every namespace with it.
+        db.conn()
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| crate::state::sqlite(db.path(), e))?;
         Ok(SlotPool {
             db,
             cfg,
