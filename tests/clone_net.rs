@@ -475,6 +475,53 @@ fn slots_in_use_survive_a_restart_and_nothing_else_does() {
 
 #[test]
 #[ignore = "host tier: needs root, ip and nft; run with --include-ignored"]
+fn a_background_maker_refills_while_the_pool_hands_out() {
+    gate();
+    let w = World::new("fill");
+    let pool = Arc::new(std::sync::Mutex::new(w.pool()));
+    let mut maker = pool.lock().unwrap().maker().unwrap();
+    let filler = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            for _ in 0..4 {
+                let slot = maker.make(Policy::Local).unwrap();
+                pool.lock().unwrap().add_ready(slot);
+            }
+        })
+    };
+    // Acquire as slots appear: the pool's lock is never held across a slot's making.
+    let mut got = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < 4 {
+        assert!(Instant::now() < deadline, "the maker made too few slots");
+        let started = Instant::now();
+        let attempt = pool
+            .lock()
+            .unwrap()
+            .acquire(Policy::Local, &format!("vm-{}", got.len()));
+        slowest = slowest.max(started.elapsed());
+        match attempt {
+            Ok(slot) => got.push(slot),
+            Err(e) => {
+                assert!(e.to_string().contains("no prepared clone slot"), "{e}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    filler.join().unwrap();
+    // Printed, not asserted (a loaded machine may stretch it): compare with a slot's making.
+    eprintln!("slowest acquire (or empty answer) during a refill: {slowest:?}");
+    let mut pool = Arc::try_unwrap(pool).ok().unwrap().into_inner().unwrap();
+    for s in &got {
+        pool.release(s).unwrap();
+    }
+    pool.close().unwrap();
+    w.assert_no_leaks();
+}
+
+#[test]
+#[ignore = "host tier: needs root, ip and nft; run with --include-ignored"]
 fn refusals_and_failed_builds_leave_nothing() {
     gate();
     let w = World::new("fail");

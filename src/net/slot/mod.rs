@@ -158,17 +158,17 @@ fn policy_slot(p: Policy) -> usize {
     }
 }
 
-/// Prepared slots per policy, and the database that records every slot.
-pub struct SlotPool {
+/// Makes and destroys slots: the slow half (a few `ip`/`nft` runs per slot). It holds its own
+/// database connection, so a runtime can refill in the background with a maker from
+/// [`SlotPool::maker`] while the pool keeps handing out slots, then [`SlotPool::add_ready`] them.
+pub struct SlotMaker {
     db: Db,
     cfg: SlotConfig,
-    ready: [VecDeque<Slot>; 3],
     host_rules: bool,
-    closed: bool,
 }
 
-impl SlotPool {
-    pub fn new(db: Db, cfg: SlotConfig) -> Result<SlotPool, SlotError> {
+impl SlotMaker {
+    pub fn new(db: Db, cfg: SlotConfig) -> Result<SlotMaker, SlotError> {
         plan::validate_ns_prefix(&cfg.ns_prefix)
             .map_err(|e| SlotError::Config(format!("namespace prefix: {e}")))?;
         if let Some(ns) = &cfg.host_ns {
@@ -185,12 +185,10 @@ impl SlotPool {
         db.conn()
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| crate::state::sqlite(db.path(), e))?;
-        Ok(SlotPool {
+        Ok(SlotMaker {
             db,
             cfg,
-            ready: Default::default(),
             host_rules: false,
-            closed: false,
         })
     }
 
@@ -202,24 +200,8 @@ impl SlotPool {
         &self.db
     }
 
-    /// Prepared slots waiting for a clone with `policy`.
-    pub fn ready(&self, policy: Policy) -> usize {
-        self.ready[policy_slot(policy)].len()
-    }
-
-    /// Makes `n` slots for `policy` ahead of time. Stops at the first failure (after removing
-    /// the slot that failed); the slots made before it stay prepared.
-    pub fn prepare(&mut self, n: usize, policy: Policy) -> Result<(), SlotError> {
-        for _ in 0..n {
-            let slot = self.prepare_one(policy)?;
-            self.ready[policy_slot(policy)].push_back(slot);
-        }
-        Ok(())
-    }
-
-    /// Makes one slot now and returns it unqueued (state `ready`): the slow path when the pool is
-    /// empty. The caller acquires it with [`SlotPool::acquire_slot`] or releases it.
-    pub fn prepare_one(&mut self, policy: Policy) -> Result<Slot, SlotError> {
+    /// Makes one slot (state `ready`). Everything it made is removed again if a step fails.
+    pub fn make(&mut self, policy: Policy) -> Result<Slot, SlotError> {
         if !self.host_rules {
             self.install_host_rules()?;
         }
@@ -235,31 +217,27 @@ impl SlotPool {
             addrs,
             policy,
         };
-        let built = self
-            .build(&slot)
-            .and_then(|()| {
-                Ok(store::transition(
-                    &self.db,
-                    slot.index,
-                    SlotState::Creating,
-                    SlotState::Ready,
-                    None,
-                )?)
-            })
-            .and_then(|moved| {
-                if moved {
-                    Ok(())
-                } else {
-                    Err(host_err(
-                        format!("slot {}", slot.ns),
-                        "its row vanished while it was being made (a concurrent reconcile?)",
-                    ))
-                }
-            });
+        let built = self.build(&slot).and_then(|()| {
+            let moved = store::transition(
+                &self.db,
+                slot.index,
+                SlotState::Creating,
+                SlotState::Ready,
+                None,
+            )?;
+            if moved {
+                Ok(())
+            } else {
+                Err(host_err(
+                    format!("slot {}", slot.ns),
+                    "its row vanished while it was being made (a concurrent reconcile?)",
+                ))
+            }
+        });
         if let Err(e) = built {
             // The row stays (as `releasing`) if the teardown itself fails: reconcile retries.
-            if self.destroy(&slot.ns, &slot.host_veth, slot.index).is_err() {
-                tracing::warn!(slot = %slot.ns, "could not remove a slot that failed to build");
+            if let Err(again) = self.destroy(&slot) {
+                tracing::warn!(slot = %slot.ns, error = %again, "could not remove a slot that failed to build");
             }
             return Err(e);
         }
@@ -267,74 +245,37 @@ impl SlotPool {
         Ok(slot)
     }
 
-    /// Hands out a prepared slot for `vm_id` in O(1): a pop and one row update.
-    pub fn acquire(&mut self, policy: Policy, vm_id: &str) -> Result<Slot, SlotError> {
-        let queue = &mut self.ready[policy_slot(policy)];
-        let slot = queue.pop_front().ok_or(SlotError::Empty(policy.as_str()))?;
-        match self.acquire_slot(&slot, vm_id) {
-            Ok(()) => Ok(slot),
-            Err(e) => {
-                self.ready[policy_slot(policy)].push_front(slot);
-                Err(e)
-            }
-        }
+    /// Tears `slot` down: marks its row `releasing`, deletes the host veth (both ends go at
+    /// once; deleting the namespace alone would leave the host end until the kernel's namespace
+    /// cleanup runs), the namespace, then the row. Idempotent.
+    pub fn destroy(&mut self, slot: &Slot) -> Result<(), SlotError> {
+        self.destroy_parts(&slot.ns, &slot.host_veth, slot.index)
     }
 
-    /// Marks `slot` (ready, from [`SlotPool::prepare_one`]) as used by `vm_id`.
-    pub fn acquire_slot(&mut self, slot: &Slot, vm_id: &str) -> Result<(), SlotError> {
-        if store::transition(
-            &self.db,
-            slot.index,
-            SlotState::Ready,
-            SlotState::InUse,
-            Some(vm_id),
-        )? {
-            Ok(())
-        } else {
-            Err(host_err(
-                format!("slot {}", slot.ns),
-                "it is no longer ready (released or reconciled meanwhile)",
-            ))
+    fn destroy_parts(&self, ns: &str, host_veth: &str, index: u32) -> Result<(), SlotError> {
+        store::mark_releasing(&self.db, index)?;
+        // Names come from rows, which are external input: only names we could have made.
+        if plan::parse_index(host_veth, plan::HOST_VETH_PREFIX, "h").is_some() {
+            self.delete_host_link(host_veth)?;
         }
+        if plan::validate_ns_name(ns).is_ok() {
+            delete_netns(ns)?;
+        }
+        store::delete(&self.db, index)?;
+        Ok(())
     }
 
-    /// Tears `slot` down (namespace, veth, rules, row), whatever state it is in.
-    pub fn release(&mut self, slot: &Slot) -> Result<(), SlotError> {
-        for q in &mut self.ready {
-            q.retain(|s| s.index != slot.index);
-        }
-        self.destroy(&slot.ns, &slot.host_veth, slot.index)
-    }
-
-    /// Releases every prepared (unused) slot, and removes the host's table when no slot is left.
-    pub fn close(mut self) -> Result<(), SlotError> {
-        self.closed = true;
-        self.release_prepared()
-    }
-
-    fn release_prepared(&mut self) -> Result<(), SlotError> {
-        let mut first_err = None;
-        let slots: Vec<Slot> = self.ready.iter_mut().flat_map(|q| q.drain(..)).collect();
-        for slot in slots {
-            if let Err(e) = self.destroy(&slot.ns, &slot.host_veth, slot.index) {
-                first_err.get_or_insert(e);
-            }
-        }
-        if self.host_rules && store::list_raw_indexes(&self.db)?.is_empty() {
-            if let Err(e) = self.remove_host_rules() {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-
-    /// Removes what a crash left: every slot row not in use by a clone `keep` names (and whose
-    /// namespace still exists), every namespace named `<prefix><n>` and every host veth named
-    /// `fcv<n>h` that no kept row accounts for, and the host's table when no slot is left.
-    /// Slots this pool prepared itself are kept. Run it at start, before [`SlotPool::prepare`].
-    pub fn reconcile(&mut self, keep: impl Fn(&str) -> bool) -> Result<ReconcileReport, SlotError> {
+    /// Removes what a crash left: every slot row except those in `kept` and those `in_use` by a
+    /// clone `keep` names (whose namespace still exists), every namespace named `<prefix><n>` and
+    /// every host veth named `fcv<n>h` that no kept row accounts for, and the host's table when
+    /// no slot is left. One process owns a host's slots: run it at start, before making any.
+    pub fn reconcile(
+        &mut self,
+        kept: &BTreeSet<u32>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<ReconcileReport, SlotError> {
         let mut report = ReconcileReport::default();
-        let mut kept: BTreeSet<u32> = self.ready.iter().flatten().map(|s| s.index).collect();
+        let mut kept = kept.clone();
         for row in store::list(&self.db)? {
             if kept.contains(&row.index) {
                 continue;
@@ -347,7 +288,7 @@ impl SlotPool {
                 report.kept += 1;
                 continue;
             }
-            self.destroy(&row.ns, &row.host_veth, row.index)?;
+            self.destroy_parts(&row.ns, &row.host_veth, row.index)?;
             report.rows += 1;
         }
         // Rows whose index is no number we write name nothing we made: drop them.
@@ -410,21 +351,6 @@ impl SlotPool {
         })
     }
 
-    /// Marks the row releasing, removes veth and namespace, deletes the row. Idempotent.
-    fn destroy(&self, ns: &str, host_veth: &str, index: u32) -> Result<(), SlotError> {
-        store::mark_releasing(&self.db, index)?;
-        // Deleting one end of a veth deletes both, at once; deleting the namespace alone would
-        // leave the host end until the kernel's namespace cleanup runs.
-        if plan::parse_index(host_veth, plan::HOST_VETH_PREFIX, "h").is_some() {
-            self.delete_host_link(host_veth)?;
-        }
-        if plan::validate_ns_name(ns).is_ok() {
-            delete_netns(ns)?;
-        }
-        store::delete(&self.db, index)?;
-        Ok(())
-    }
-
     fn delete_host_link(&self, name: &str) -> Result<(), SlotError> {
         in_netns(self.cfg.host_ns.as_deref(), || {
             match run_program("ip", &["link", "delete", name], None) {
@@ -472,6 +398,14 @@ impl SlotPool {
         Ok(())
     }
 
+    /// Removes the host's table once no slot row is left (whoever installed it).
+    fn remove_host_rules_if_unused(&mut self) -> Result<(), SlotError> {
+        if store::list_raw_indexes(&self.db)?.is_empty() {
+            self.remove_host_rules()?;
+        }
+        Ok(())
+    }
+
     fn remove_host_rules(&mut self) -> Result<(), SlotError> {
         let table = self.cfg.host_table.clone();
         in_netns(self.cfg.host_ns.as_deref(), || {
@@ -483,6 +417,127 @@ impl SlotPool {
         })?;
         self.host_rules = false;
         Ok(())
+    }
+}
+
+/// Prepared slots per policy: the fast half. [`SlotPool::acquire`] is a pop and one row update.
+pub struct SlotPool {
+    maker: SlotMaker,
+    ready: [VecDeque<Slot>; 3],
+    /// Slots went through this pool, so the host's table may exist: close removes it if unused.
+    touched: bool,
+    closed: bool,
+}
+
+impl SlotPool {
+    pub fn new(db: Db, cfg: SlotConfig) -> Result<SlotPool, SlotError> {
+        Ok(SlotPool {
+            maker: SlotMaker::new(db, cfg)?,
+            ready: Default::default(),
+            touched: false,
+            closed: false,
+        })
+    }
+
+    pub fn config(&self) -> &SlotConfig {
+        &self.maker.cfg
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.maker.db
+    }
+
+    /// A maker with a connection of its own to the same database, for refilling off the lock
+    /// that guards the pool.
+    pub fn maker(&self) -> Result<SlotMaker, SlotError> {
+        SlotMaker::new(Db::open(self.maker.db.path())?, self.maker.cfg.clone())
+    }
+
+    /// Prepared slots waiting for a clone with `policy`.
+    pub fn ready(&self, policy: Policy) -> usize {
+        self.ready[policy_slot(policy)].len()
+    }
+
+    /// Makes `n` slots for `policy` ahead of time, here and now. Stops at the first failure
+    /// (after removing the slot that failed); the slots made before it stay prepared.
+    pub fn prepare(&mut self, n: usize, policy: Policy) -> Result<(), SlotError> {
+        self.touched = true;
+        for _ in 0..n {
+            let slot = self.maker.make(policy)?;
+            self.ready[policy_slot(policy)].push_back(slot);
+        }
+        Ok(())
+    }
+
+    /// Queues a slot a [`SlotMaker`] made.
+    pub fn add_ready(&mut self, slot: Slot) {
+        self.touched = true;
+        self.ready[policy_slot(slot.policy)].push_back(slot);
+    }
+
+    /// Hands out a prepared slot for `vm_id` in O(1): a pop and one row update, no netlink, no
+    /// nft. An empty queue is [`SlotError::Empty`]: the caller makes one with a maker, or waits.
+    pub fn acquire(&mut self, policy: Policy, vm_id: &str) -> Result<Slot, SlotError> {
+        let slot = self.ready[policy_slot(policy)]
+            .pop_front()
+            .ok_or(SlotError::Empty(policy.as_str()))?;
+        match store::transition(
+            &self.maker.db,
+            slot.index,
+            SlotState::Ready,
+            SlotState::InUse,
+            Some(vm_id),
+        ) {
+            Ok(true) => Ok(slot),
+            Ok(false) => {
+                // Its row is gone or moved on (a reconcile meanwhile): never hand it out.
+                let _ = self.maker.destroy(&slot);
+                Err(host_err(
+                    format!("slot {}", slot.ns),
+                    "it was no longer ready (released or reconciled meanwhile)",
+                ))
+            }
+            Err(e) => {
+                self.ready[policy_slot(policy)].push_front(slot);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Tears `slot` down (namespace, veth, rules, row), whatever state it is in.
+    pub fn release(&mut self, slot: &Slot) -> Result<(), SlotError> {
+        for q in &mut self.ready {
+            q.retain(|s| s.index != slot.index);
+        }
+        self.maker.destroy(slot)
+    }
+
+    /// [`SlotMaker::reconcile`], keeping the slots this pool holds prepared.
+    pub fn reconcile(&mut self, keep: impl Fn(&str) -> bool) -> Result<ReconcileReport, SlotError> {
+        let mine: BTreeSet<u32> = self.ready.iter().flatten().map(|s| s.index).collect();
+        self.maker.reconcile(&mine, keep)
+    }
+
+    /// Releases every prepared (unused) slot, and removes the host's table when no slot is left.
+    pub fn close(mut self) -> Result<(), SlotError> {
+        self.closed = true;
+        self.release_prepared()
+    }
+
+    fn release_prepared(&mut self) -> Result<(), SlotError> {
+        let mut first_err = None;
+        let slots: Vec<Slot> = self.ready.iter_mut().flat_map(|q| q.drain(..)).collect();
+        for slot in slots {
+            if let Err(e) = self.maker.destroy(&slot) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if self.touched {
+            if let Err(e) = self.maker.remove_host_rules_if_unused() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 }
 
