@@ -415,6 +415,14 @@ fn a_crash_mid_prepare_is_reconciled() {
             [format!("{}950", w.prefix)],
         )
         .unwrap();
+    // A hand-edited row naming a namespace that is not a slot's: the row goes, the namespace stays.
+    let bystander = NetNs::new("clbystander");
+    db.conn()
+        .execute(
+            "INSERT INTO net_slots VALUES (960, ?1, 'lo', 998, 'full', 'in_use', 'vm-x', 0)",
+            [&bystander.name],
+        )
+        .unwrap();
     let before: i64 = db
         .conn()
         .query_row("SELECT count(*) FROM net_slots", [], |r| r.get(0))
@@ -428,6 +436,10 @@ fn a_crash_mid_prepare_is_reconciled() {
     // A second reconcile finds nothing more.
     let again = pool.reconcile(|_| false).unwrap();
     assert_eq!(again, Default::default());
+    assert!(std::path::Path::new("/run/netns")
+        .join(&bystander.name)
+        .exists());
+    run_ok(&mut bystander.cmd("ip", &["link", "show", "lo"]));
     pool.close().unwrap();
     w.assert_no_leaks();
 }

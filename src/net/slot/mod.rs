@@ -36,8 +36,6 @@ use store::AllocError;
 
 /// Where `ip netns` keeps its namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
-/// The host's table for clone slots (family `inet`), apart from provision's own table.
-pub const DEFAULT_HOST_TABLE: &str = "fireclaw_clones";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -89,7 +87,7 @@ impl SlotConfig {
             range,
             ns_prefix: plan::DEFAULT_NS_PREFIX.into(),
             host_ns: None,
-            host_table: DEFAULT_HOST_TABLE.into(),
+            host_table: format!("{}_clones", config.network.nft_table),
             services: HostServices {
                 bridge_ip: bridge.addr,
                 ports: vec![config.irc.port, ollama],
@@ -254,12 +252,25 @@ impl SlotMaker {
 
     fn destroy_parts(&self, ns: &str, host_veth: &str, index: u32) -> Result<(), SlotError> {
         store::mark_releasing(&self.db, index)?;
-        // Names come from rows, which are external input: only names we could have made.
-        if plan::parse_index(host_veth, plan::HOST_VETH_PREFIX, "h").is_some() {
+        // Names come from rows, which are external input: delete only what this index's slot
+        // would be called, never a namespace or link a hand-edited row points at.
+        if plan::parse_index(host_veth, plan::HOST_VETH_PREFIX, "h") == Some(index) {
             self.delete_host_link(host_veth)?;
+        } else {
+            tracing::warn!(
+                index,
+                link = host_veth,
+                "slot row names a link that is not its own; left alone"
+            );
         }
-        if plan::validate_ns_name(ns).is_ok() {
+        if plan::parse_index(ns, &self.cfg.ns_prefix, "") == Some(index) {
             delete_netns(ns)?;
+        } else {
+            tracing::warn!(
+                index,
+                namespace = ns,
+                "slot row names a namespace that is not its own; left alone"
+            );
         }
         store::delete(&self.db, index)?;
         Ok(())
@@ -490,8 +501,9 @@ impl SlotPool {
         ) {
             Ok(true) => Ok(slot),
             Ok(false) => {
-                // Its row is gone or moved on (a reconcile meanwhile): never hand it out.
-                let _ = self.maker.destroy(&slot);
+                // Its row is gone or moved on (a reconcile meanwhile): never hand it out, and
+                // do not tear it down either, as its index may already name a newer slot.
+                tracing::warn!(slot = %slot.ns, "prepared slot lost its row; dropped from the pool");
                 Err(host_err(
                     format!("slot {}", slot.ns),
                     "it was no longer ready (released or reconciled meanwhile)",
@@ -690,6 +702,8 @@ mod tests {
         );
         assert_eq!(cfg.range.to_string(), "10.200.0.0/16");
         assert_eq!(cfg.ns_prefix, "fc-slot-");
+        // Apart from provision's table, so provision never sees it as drift.
+        assert_eq!(cfg.host_table, "fireclaw_clones");
     }
 
     #[test]
