@@ -600,3 +600,54 @@ fn identity_script_parses_under_busybox_and_its_commands_work() {
     run_ok(&mut ns.cmd("busybox", &["ip", "neigh", "flush", "all"]));
     run_ok(&mut ns.cmd("ip", &["neigh", "flush", "all"]));
 }
+
+/// The whole script run by Debian's sh as root, in a private mount, UTS and network namespace
+/// with a tmpfs over /etc, so it changes nothing of the host's. Only `date` is a stand-in that
+/// records its arguments: the real one would set the host's clock, which no namespace isolates.
+#[test]
+#[ignore = "host tier: needs root and unshare; run with --include-ignored"]
+fn identity_script_runs_to_the_end_in_a_sandbox() {
+    tier("host", true, &["unshare", "ip"]);
+    let fresh = fireclaw::vm::identity::FreshInputs::for_vm("0123456789ab").unwrap();
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    let script = fireclaw::vm::identity::refresh_script(&fresh.at(now)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shim = dir.path().join("bin");
+    std::fs::create_dir(&shim).unwrap();
+    let record = dir.path().join("date.args");
+    std::fs::write(
+        shim.join("date"),
+        format!("#!/bin/sh\nprintf '%s\\n' \"$*\" >{}\n", record.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        shim.join("date"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let file = dir.path().join("identity.sh");
+    std::fs::write(&file, &script).unwrap();
+    let inner = format!(
+        "mount -t tmpfs none /etc && PATH={}:$PATH sh {} && cat /etc/machine-id /etc/hostname /proc/sys/kernel/hostname",
+        shim.display(),
+        file.display()
+    );
+    let out =
+        run_ok(Command::new("unshare").args(["--mount", "--uts", "--net", "sh", "-c", &inner]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            fresh.machine_id.as_str(),
+            "fc-0123456789ab",
+            "fc-0123456789ab"
+        ]
+    );
+    let args = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(args.trim(), "-u -s 2026-11-18 11:06:40");
+    // The host's own identity is untouched.
+    assert_ne!(
+        std::fs::read_to_string("/etc/machine-id").unwrap().trim(),
+        fresh.machine_id
+    );
+}

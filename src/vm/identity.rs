@@ -81,6 +81,42 @@ pub fn machine_id_from(bytes: [u8; 16]) -> String {
     hex::encode(b)
 }
 
+/// Owned inputs for one clone, drawn from the host's OS RNG: the impure half, kept tiny.
+#[derive(Debug, Clone)]
+pub struct FreshInputs {
+    pub seed: [u8; 64],
+    pub machine_id: String,
+    pub hostname: String,
+}
+
+impl FreshInputs {
+    /// Inputs for the clone with VM id `vm_id` (hostname `fc-<id>`).
+    pub fn for_vm(vm_id: &str) -> Result<FreshInputs, IdentityError> {
+        use rand::RngCore as _;
+        let hostname = format!("fc-{vm_id}");
+        validate_hostname(&hostname)?;
+        let mut seed = [0u8; 64];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        Ok(FreshInputs {
+            seed,
+            machine_id: machine_id_from(id),
+            hostname,
+        })
+    }
+
+    /// The identity at `now` (take it just before sending the script).
+    pub fn at(&self, now: SystemTime) -> CloneIdentity<'_> {
+        CloneIdentity {
+            now,
+            seed: &self.seed,
+            machine_id: &self.machine_id,
+            hostname: &self.hostname,
+        }
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS` in UTC for `secs` since the epoch: the one `date -s` format GNU date and
 /// busybox date both accept (busybox has no `@SECONDS` in every build).
 fn utc_datetime(secs: u64) -> String {
@@ -234,6 +270,18 @@ mod tests {
         assert_eq!(&id[12..13], "4");
         assert!(validate_machine_id(&id).is_ok());
         assert!(validate_machine_id(&machine_id_from([0; 16])).is_ok());
+    }
+
+    #[test]
+    fn fresh_inputs_differ_and_validate() {
+        let a = FreshInputs::for_vm("0123456789ab").unwrap();
+        let b = FreshInputs::for_vm("0123456789ab").unwrap();
+        assert_eq!(a.hostname, "fc-0123456789ab");
+        assert_ne!(a.machine_id, b.machine_id);
+        assert_ne!(a.seed, b.seed);
+        assert!(refresh_script(&a.at(SystemTime::now())).is_ok());
+        assert!(FreshInputs::for_vm("x;reboot").is_err());
+        assert!(FreshInputs::for_vm("ABC").is_err());
     }
 
     /// The script parses under Debian's sh (dash), and its date format is one GNU date parses
