@@ -43,7 +43,7 @@ pub enum SlotError {
     Alloc(#[from] AllocError),
     #[error(transparent)]
     Db(#[from] StateError),
-    #[error("no prepared clone slot with policy {0}; prepare more, or make one with prepare_one")]
+    #[error("no prepared clone slot with policy {0}; prepare more, or make one with a SlotMaker")]
     Empty(&'static str),
     #[error("{what}: {detail}")]
     Host { what: String, detail: String },
@@ -587,8 +587,10 @@ fn delete_netns(name: &str) -> Result<(), SlotError> {
 }
 
 /// Runs `f` on a thread that has joined namespace `ns` (`None`: right here). setns changes only
-/// the calling thread, and programs it starts inherit that thread's namespace.
-fn in_netns<T: Send>(
+/// the calling thread, and programs it starts inherit that thread's namespace: this is how a
+/// clone's VMM is started inside its slot (`in_netns(Some(&slot.ns), || spawn the VMM)`), unless
+/// the jailer's `--netns` does it.
+pub fn in_netns<T: Send>(
     ns: Option<&str>,
     f: impl FnOnce() -> Result<T, SlotError> + Send,
 ) -> Result<T, SlotError> {
