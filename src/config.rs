@@ -178,6 +178,10 @@ pub struct Network {
     pub nat: bool,
     /// The nftables table (family `inet`) that holds every rule fireclaw makes.
     pub nft_table: String,
+    /// Addresses for clones of snapshots (a network, split into one /31 per clone): each clone
+    /// runs in a namespace of its own and the host reaches it at one address of this range.
+    /// Must not overlap `address`.
+    pub clone_range: String,
 }
 
 impl Default for Network {
@@ -187,6 +191,7 @@ impl Default for Network {
             address: "172.16.0.1/24".into(),
             nat: true,
             nft_table: "fireclaw".into(),
+            clone_range: "10.200.0.0/16".into(),
         }
     }
 }
@@ -423,8 +428,19 @@ impl Config {
         }
         crate::net::validate_ifname(&self.network.bridge)
             .map_err(|m| invalid("network.bridge", m))?;
-        crate::net::Ipv4Cidr::parse(&self.network.address)
+        let bridge = crate::net::Ipv4Cidr::parse(&self.network.address)
             .map_err(|m| invalid("network.address", m))?;
+        let clones = crate::net::slot::CloneRange::parse(&self.network.clone_range)
+            .map_err(|m| invalid("network.clone_range", m))?;
+        if clones.overlaps(&bridge) {
+            return Err(invalid(
+                "network.clone_range",
+                format!(
+                    "{clones} overlaps the bridge's subnet {}; choose a range apart from it",
+                    bridge.network_cidr()
+                ),
+            ));
+        }
         if !is_nft_identifier(&self.network.nft_table) {
             return Err(invalid(
                 "network.nft_table",
@@ -672,6 +688,14 @@ mod tests {
             ("[network]\nbridge = \"br/0\"", "network.bridge"),
             ("[network]\naddress = \"172.16.0.1\"", "network.address"),
             ("[network]\naddress = \"300.1.1.1/24\"", "network.address"),
+            (
+                "[network]\nclone_range = \"10.200.0.1/16\"",
+                "network.clone_range",
+            ),
+            (
+                "[network]\nclone_range = \"172.16.0.0/16\"",
+                "network.clone_range",
+            ),
             (
                 "[network]\nnft_table = \"x; flush ruleset\"",
                 "network.nft_table",

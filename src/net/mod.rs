@@ -4,6 +4,7 @@ pub mod lease;
 pub mod link;
 pub mod nft;
 pub mod policy;
+pub mod slot;
 pub mod sysctl;
 pub mod tap;
 

@@ -146,6 +146,20 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE UNIQUE INDEX one_ready_snapshot ON snapshots (image, engine, vcpus, mem_mib)
         WHERE state = 'ready';",
+    // 6: clone network slots (net::slot). A row is written before the slot's namespace and veth
+    // exist (state `creating`), and both names derive from `idx`, so a crash at any point leaves
+    // something `reconcile` can find. `outside_ip` is the address the host reaches the clone at
+    // (an integer, unique); `vm_id` is set while a clone uses the slot (state `in_use`).
+    "CREATE TABLE net_slots (
+        idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+        ns TEXT NOT NULL UNIQUE,
+        host_veth TEXT NOT NULL,
+        outside_ip INTEGER NOT NULL UNIQUE,
+        policy TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'in_use', 'releasing')),
+        vm_id TEXT UNIQUE,
+        created_at INTEGER NOT NULL
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]

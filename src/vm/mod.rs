@@ -6,6 +6,7 @@
 //! removes them in reverse and is idempotent. [`Machine`]'s `Drop` tears down whatever a failed
 //! or cancelled run left; [`gc`] does the same from the database after fireclaw itself died.
 
+pub mod identity;
 pub mod image;
 pub mod record;
 pub mod ssh;
