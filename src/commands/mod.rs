@@ -43,9 +43,8 @@ impl Env {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.root.host(crate::provision::state_db::db_path(
-            &self.config.paths.state_dir,
-        ))
+        self.root
+            .host(crate::state::db_path(&self.config.paths.state_dir))
     }
 
     /// The state database for reading. Without root it cannot be read (it is 0600: it holds

@@ -45,7 +45,13 @@ pub fn run(env: &Env, args: &ProvisionArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     drop(db);
-    let (_, applied) = plan::apply::apply(&the_plan, &env.root, &env.config, &env.db_path())?;
+    let (_, applied) = plan::apply::apply(
+        &the_plan,
+        &env.root,
+        &env.config,
+        &env.db_path(),
+        &crate::commands::shell::Shell::new(),
+    )?;
     println!("Provisioned: {applied} change(s) applied and journaled. `fireclaw status` shows the result.");
     Ok(0)
 }

@@ -53,7 +53,7 @@ fn thin_pool_status(env: &Env, db: Option<&crate::state::Db>) -> ThinPoolStatus 
     {
         return ThinPoolStatus::Absent;
     }
-    let spec = match crate::provision::thinpool::recorded_spec(
+    let spec = match crate::storage::thin::recorded::recorded_spec(
         db,
         &env.root,
         &env.config.paths.state_dir,

@@ -56,7 +56,7 @@ pub fn run(env: &Env, args: &UninstallArgs) -> anyhow::Result<i32> {
     }
     drop(db);
     let db = crate::state::Db::open(&env.db_path())?;
-    let failures = apply::uninstall(db, &env.root)?;
+    let failures = apply::uninstall(db, &env.root, &crate::commands::shell::Shell::new())?;
     if failures.is_empty() {
         println!(
             "Uninstalled: {} change(s) reversed; the state database is gone.",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::fsops;
+use crate::fsops;
 use crate::root::RootPrefix;
 
 /// One change to the host. Paths are host paths as configured (absolute); they are resolved under the

@@ -3,28 +3,17 @@
 //! that a re-run completes and uninstall can reverse.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{fsops, Action, Plan, StepStatus, Undo};
+use super::{Action, Plan, StepStatus, Undo};
+use crate::fsops;
+use crate::report::Reporter;
 use crate::root::RootPrefix;
 use crate::state::{Db, JournalStatus};
 
 /// Meta key listing the directories created together with the database, removed after it.
 const META_CREATED_DIRS: &str = "created_dirs";
-
-/// Progress display, one bar per step. Hidden when stderr is not a terminal (CI, pipes).
-fn step_bar(label: &str, len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {wide_msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(label.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
 
 /// Executes every pending step's actions in order and returns the open database. Stops at the first
 /// failure: what ran is journaled, and the error says which action failed.
@@ -33,6 +22,7 @@ pub fn apply(
     root: &RootPrefix,
     config: &crate::config::Config,
     db_path: &Path,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<(Option<Db>, usize)> {
     if plan.is_blocked() {
         anyhow::bail!(
@@ -53,13 +43,13 @@ pub fn apply(
             }
             continue;
         }
-        let bar = step_bar(
+        let bar = reporter.progress(
             &format!("[{}/{}] {}", index + 1, total, step.name),
-            step.plan.actions.len() as u64,
+            Some(step.plan.actions.len() as u64),
         );
         for action in &step.plan.actions {
             let line = action.describe();
-            bar.set_message(line.clone());
+            bar.set_message(&line);
             if let Action::CreateStateDb { dirs, .. } = action {
                 let opened = Db::open(db_path)?;
                 opened.set_meta(META_CREATED_DIRS, &serde_json::to_string(dirs)?)?;
@@ -94,17 +84,17 @@ pub fn apply(
             applied += 1;
             bar.inc(1);
         }
-        bar.finish_and_clear();
+        drop(bar);
         if let Some(db) = &db {
             db.mark_step_complete(step.name)?;
         }
-        eprintln!(
+        reporter.status(&format!(
             "[{}/{}] {}: {} change(s) applied",
             index + 1,
             total,
             step.name,
             step.plan.actions.len()
-        );
+        ));
     }
     Ok((db, applied))
 }
@@ -146,19 +136,23 @@ pub fn reversals(db: &Db) -> anyhow::Result<Vec<Reversal>> {
 /// Reverses every journaled change, newest first, then deletes the database and the directories
 /// created with it. Keeps going past failures (reporting each) so one stuck item does not strand the
 /// rest; if anything failed the database stays, so a re-run can finish the job.
-pub fn uninstall(db: Db, root: &RootPrefix) -> anyhow::Result<Vec<String>> {
+pub fn uninstall(
+    db: Db,
+    root: &RootPrefix,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Vec<String>> {
     let items = reversals(&db)?;
-    let bar = step_bar("uninstall", items.len() as u64);
+    let bar = reporter.progress("uninstall", Some(items.len() as u64));
     let mut failures = Vec::new();
     for item in &items {
-        bar.set_message(item.undo.describe());
+        bar.set_message(&item.undo.describe());
         match item.undo.revert(root, item.backup.as_deref()) {
             Ok(()) => db.journal_set_status(item.id, JournalStatus::Reverted)?,
             Err(e) => failures.push(format!("{}: {e:#}", item.step)),
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    drop(bar);
     if !failures.is_empty() {
         return Ok(failures);
     }

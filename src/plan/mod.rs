@@ -4,7 +4,7 @@
 
 pub mod action;
 pub mod apply;
-pub mod fsops;
+pub mod files;
 pub mod render;
 
 use serde::Serialize;

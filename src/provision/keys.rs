@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use russh::keys::ssh_key::{rand_core::OsRng, Algorithm, LineEnding, PrivateKey};
 
-use crate::plan::fsops;
+use crate::fsops;
 
 /// Generates an ed25519 key pair in OpenSSH format: `path` (0600) and `path.pub` (0644). No
 /// passphrase: the runtime uses it unattended; the file mode is what protects it.

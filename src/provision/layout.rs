@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::plan::{fsops, Action, Ctx, Step, StepPlan};
+use crate::plan::{files, Action, Ctx, Step, StepPlan};
 
 pub struct Layout;
 
@@ -28,7 +28,7 @@ pub fn plan_dir_tree(
         if ctx.planned_dirs.borrow().contains(&p_str) {
             break;
         }
-        match fsops::plan_dir(ctx, &p_str, if p_str == path { mode } else { 0o755 })? {
+        match files::plan_dir(ctx, &p_str, if p_str == path { mode } else { 0o755 })? {
             Some(action) => missing.push(action),
             None => break,
         }

@@ -1,7 +1,8 @@
 //! ngircd as the agents' IRC server: fireclaw's configuration and the operator password.
 
+use crate::fsops::{self, Existing};
 use crate::irc::ngircd::{render, NgircdParams};
-use crate::plan::fsops::{self, Existing};
+use crate::plan::files;
 use crate::plan::{Ctx, Step, StepPlan};
 
 pub struct Ngircd;
@@ -60,7 +61,7 @@ impl Step for Ngircd {
             0o755,
             &mut plan.actions,
         )?;
-        if let Some(a) = fsops::plan_file_redacted(
+        if let Some(a) = files::plan_file_redacted(
             ctx,
             &pass_path,
             format!("{password}\n").into_bytes(),
@@ -79,7 +80,7 @@ impl Step for Ngircd {
                 &mut plan.actions,
             )?;
         }
-        if let Some(mut a) = fsops::plan_file_redacted(ctx, conf, text.into_bytes(), 0o600, redact)?
+        if let Some(mut a) = files::plan_file_redacted(ctx, conf, text.into_bytes(), 0o600, redact)?
         {
             if super::systemd_active(ctx.root) {
                 if let crate::plan::Action::WriteFile {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::plan::{fsops, Action, Ctx, Step, StepPlan};
+use crate::plan::{files, Action, Ctx, Step, StepPlan};
 
 pub struct Unit;
 
@@ -68,7 +68,7 @@ impl Step for Unit {
         )?;
         let active = super::systemd_active(ctx.root);
         if let Some(mut a) =
-            fsops::plan_file(ctx, &path, render_unit(&binary)?.into_bytes(), 0o644)?
+            files::plan_file(ctx, &path, render_unit(&binary)?.into_bytes(), 0o644)?
         {
             if active {
                 if let Action::WriteFile {

@@ -12,6 +12,11 @@ pub use journal::{JournalEntry, JournalStatus};
 /// File name of the database inside `paths.state_dir`.
 pub const DB_FILE: &str = "state.db";
 
+/// The database's path for a configured `paths.state_dir` (a host path, before any root prefix).
+pub fn db_path(state_dir: &str) -> String {
+    format!("{}/{DB_FILE}", state_dir.trim_end_matches('/'))
+}
+
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how many ran.
 /// Never edit a shipped migration: append a new one.
 const MIGRATIONS: &[&str] = &[
