@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -17,6 +17,8 @@ pub enum Existing {
     File {
         content: Vec<u8>,
         mode: u32,
+        /// (uid, gid).
+        owner: (u32, u32),
     },
     /// Present but not readable by this user (a dry-run without root meets 0600 files).
     Unreadable,
@@ -31,17 +33,34 @@ pub fn probe_file(path: &Path) -> Existing {
             Ok(content) => Existing::File {
                 content,
                 mode: meta.permissions().mode() & 0o7777,
+                owner: (meta.uid(), meta.gid()),
             },
             Err(_) => Existing::Unreadable,
         },
     }
 }
 
-/// The file's bytes and mode, or `None` if there is no file. Anything else is an error.
-pub fn read_existing(path: &Path) -> anyhow::Result<Option<(Vec<u8>, u32)>> {
+/// A regular file as it was: what undo needs to put it back exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub owner: (u32, u32),
+}
+
+/// The file's bytes, mode and owner, or `None` if there is no file. Anything else is an error.
+pub fn read_existing(path: &Path) -> anyhow::Result<Option<Saved>> {
     match probe_file(path) {
         Existing::Absent => Ok(None),
-        Existing::File { content, mode } => Ok(Some((content, mode))),
+        Existing::File {
+            content,
+            mode,
+            owner,
+        } => Ok(Some(Saved {
+            content,
+            mode,
+            owner,
+        })),
         Existing::Unreadable => anyhow::bail!("cannot read {}", path.display()),
         Existing::NotAFile => anyhow::bail!("{} exists and is not a regular file", path.display()),
     }
@@ -62,6 +81,17 @@ pub fn create_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
 /// Writes via a temporary file in the same directory and a rename, so a crash never leaves a torn
 /// file, and the final mode is in place before the name appears (no window where a secret is 0644).
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
+    write_atomic_owned(path, content, mode, None)
+}
+
+/// [`write_atomic`] that also gives the file an owner (uid, gid) before its name appears: a file a
+/// daemon reads through its group is never visible with the wrong group or a wider mode.
+pub fn write_atomic_owned(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -76,6 +106,9 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(content)?;
         f.sync_all()?;
@@ -118,6 +151,80 @@ pub fn remove_dir_if_empty(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Saves the files among `paths` that exist (content, mode, owner) as one uncompressed tar, for the
+/// journal's backup column: `None` when none exists. `resolve` maps a configured path to the host.
+pub fn save_files(
+    paths: &[String],
+    resolve: impl Fn(&str) -> std::path::PathBuf,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut any = false;
+    for p in paths {
+        let Some(saved) = read_existing(&resolve(p))? else {
+            continue;
+        };
+        let mut header = tar::Header::new_gnu();
+        header.set_size(saved.content.len() as u64);
+        header.set_mode(saved.mode);
+        header.set_uid(u64::from(saved.owner.0));
+        header.set_gid(u64::from(saved.owner.1));
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(
+                &mut header,
+                p.trim_start_matches('/'),
+                saved.content.as_slice(),
+            )
+            .with_context(|| format!("saving {p} for undo"))?;
+        any = true;
+    }
+    let bytes = builder.into_inner().context("saving files for undo")?;
+    Ok(any.then_some(bytes))
+}
+
+/// The undo of any change to `paths`: each file saved in `backup` (by [`save_files`]) is put back
+/// with its bytes, mode and owner; each one not in it did not exist and is removed. Idempotent.
+pub fn restore_files(
+    paths: &[String],
+    backup: Option<&[u8]>,
+    resolve: impl Fn(&str) -> std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let mut saved = std::collections::BTreeMap::new();
+    if let Some(bytes) = backup {
+        let mut archive = tar::Archive::new(bytes);
+        for entry in archive.entries().context("reading the saved files")? {
+            let mut entry = entry.context("reading the saved files")?;
+            let name = format!("/{}", entry.path()?.to_string_lossy());
+            let header = entry.header();
+            let mode = header.mode()?;
+            let owner = (header.uid()? as u32, header.gid()? as u32);
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content)?;
+            saved.insert(name, (content, mode, owner));
+        }
+    }
+    for p in paths {
+        let host = resolve(p);
+        match saved.get(p) {
+            Some((content, mode, owner)) => {
+                write_atomic_owned(&host, content, *mode, Some(*owner))?
+            }
+            None => remove_file_if_exists(&host)?,
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error's reason without the "(os error N)" suffix std adds, for messages that already
+/// name the path: "No such file or directory", not the errno twice.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 /// A password from a 62-symbol alphabet (no characters that need quoting in ngircd.conf).
 pub fn random_secret(length: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -141,6 +248,37 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn saved_files_come_back_with_bytes_mode_and_owner_and_new_ones_go() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |p: &str| dir.path().join(p.trim_start_matches('/'));
+        fs::write(resolve("/kept"), b"operator's").unwrap();
+        fs::set_permissions(resolve("/kept"), fs::Permissions::from_mode(0o751)).unwrap();
+        let owner = (65534, 65534);
+        let privileged = nix::unistd::geteuid().is_root();
+        if privileged {
+            std::os::unix::fs::chown(resolve("/kept"), Some(owner.0), Some(owner.1)).unwrap();
+        }
+        let paths = vec!["/kept".to_string(), "/new".to_string()];
+        let backup = save_files(&paths, resolve).unwrap().unwrap();
+        write_atomic(&resolve("/kept"), b"ours", 0o755).unwrap();
+        write_atomic(&resolve("/new"), b"ours", 0o755).unwrap();
+        for _ in 0..2 {
+            restore_files(&paths, Some(&backup), resolve).unwrap();
+            let meta = fs::metadata(resolve("/kept")).unwrap();
+            assert_eq!(fs::read(resolve("/kept")).unwrap(), b"operator's");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o751);
+            if privileged {
+                assert_eq!((meta.uid(), meta.gid()), owner);
+            }
+            assert!(!resolve("/new").exists());
+        }
+        assert!(save_files(&["/none".to_string()], resolve)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -18,6 +18,11 @@ use crate::config::Config;
 use crate::root::RootPrefix;
 use crate::state::Db;
 
+/// Exit code of a command whose plan is blocked: a required check failed and nothing changed.
+pub const EXIT_BLOCKED: i32 = 3;
+/// Exit code of `provision`/`uninstall --detailed-exitcode` when changes are pending or were made.
+pub const EXIT_CHANGES: i32 = 4;
+
 /// What every command starts from.
 pub struct Env {
     pub root: RootPrefix,
@@ -32,6 +37,11 @@ impl Env {
                 "--root must be an absolute path, got {}",
                 global.root.display()
             );
+        }
+        // A missing root is reported by provision's preflight (a blocked step, with the fix); a
+        // root that is not a directory cannot even hold the config file.
+        if global.root.exists() && !global.root.is_dir() {
+            anyhow::bail!("--root {} is not a directory", global.root.display());
         }
         let root = RootPrefix::new(&global.root);
         let config = Config::load(&root, global.config.as_deref())?;

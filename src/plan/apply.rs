@@ -26,7 +26,7 @@ pub fn apply(
 ) -> anyhow::Result<(Option<Db>, usize)> {
     if plan.is_blocked() {
         anyhow::bail!(
-            "preflight failed; nothing was changed (run `fireclaw doctor` for the fixes)"
+            "the plan is blocked; nothing was changed (the FAIL lines say how to fix it)"
         );
     }
     let mut db = if db_path.exists() {
@@ -36,10 +36,16 @@ pub fn apply(
     };
     let mut applied = 0;
     let total = plan.steps.len();
+    // Steps found done before the database exists (preflight, on a fresh host) are recorded as
+    // soon as it does, so `status` does not call them "not run".
+    let mut unrecorded = Vec::new();
     for (index, step) in plan.steps.iter().enumerate() {
         if step.status != StepStatus::Pending {
-            if let (StepStatus::Done, Some(db)) = (step.status, &db) {
-                db.mark_step_complete(step.name)?;
+            if step.status == StepStatus::Done {
+                match &db {
+                    Some(db) => db.mark_step_complete(step.name)?,
+                    None => unrecorded.push(step.name),
+                }
             }
             continue;
         }
@@ -60,6 +66,9 @@ pub fn apply(
                     None,
                 )?;
                 opened.journal_set_status(id, JournalStatus::Done)?;
+                for name in unrecorded.drain(..) {
+                    opened.mark_step_complete(name)?;
+                }
                 db = Some(opened);
                 applied += 1;
                 bar.inc(1);
@@ -170,4 +179,54 @@ pub fn uninstall(
         }
     }
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlannedStep, StepPlan};
+
+    /// Preflight is done before the database exists; it must still be recorded as done.
+    #[test]
+    fn steps_done_before_the_database_exists_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        let db_path = dir.path().join("var/lib/fireclaw/state.db");
+        let plan = Plan {
+            steps: vec![
+                PlannedStep {
+                    name: "preflight",
+                    summary: "",
+                    status: StepStatus::Done,
+                    plan: StepPlan::default(),
+                },
+                PlannedStep {
+                    name: "state",
+                    summary: "",
+                    status: StepStatus::Pending,
+                    plan: StepPlan::with_actions(vec![Action::CreateStateDb {
+                        path: "/var/lib/fireclaw/state.db".into(),
+                        dirs: vec![],
+                    }]),
+                },
+            ],
+        };
+        let collect = crate::report::Collect::default();
+        let (db, applied) = apply(
+            &plan,
+            &root,
+            &crate::config::Config::default(),
+            &db_path,
+            &collect,
+        )
+        .unwrap();
+        assert_eq!(applied, 1);
+        let db = db.unwrap();
+        assert!(db.step_completed_at("preflight").unwrap().is_some());
+        assert!(db.step_completed_at("state").unwrap().is_some());
+        assert!(collect
+            .lines()
+            .iter()
+            .any(|l| l.contains("state: 1 change(s) applied")));
+    }
 }

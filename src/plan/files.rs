@@ -24,13 +24,43 @@ pub fn plan_file_redacted(
     mode: u32,
     redact: Vec<(String, String)>,
 ) -> anyhow::Result<Option<Action>> {
+    plan_file_owned(ctx, path, content, mode, None, redact)
+}
+
+/// The configuration of a daemon that reads it as an unprivileged user: owner root, group the
+/// daemon's `group`, mode 0640. The daemon can read it and change nothing; no one else can read
+/// it (it may hold secrets, like ngircd's operator password). Every service fireclaw configures
+/// gets its files this way.
+pub fn plan_service_config(
+    ctx: &Ctx,
+    path: &str,
+    content: Vec<u8>,
+    group: &str,
+    redact: Vec<(String, String)>,
+) -> anyhow::Result<Option<Action>> {
+    plan_file_owned(ctx, path, content, 0o640, Some(group.to_string()), redact)
+}
+
+fn plan_file_owned(
+    ctx: &Ctx,
+    path: &str,
+    content: Vec<u8>,
+    mode: u32,
+    group: Option<String>,
+    redact: Vec<(String, String)>,
+) -> anyhow::Result<Option<Action>> {
     let before = match probe_file(&ctx.host(path)) {
         Existing::Absent => None,
         Existing::File {
             content: existing,
             mode: existing_mode,
+            owner,
         } => {
-            if existing == content && existing_mode == mode {
+            let owner_ok = match &group {
+                None => true,
+                Some(g) => super::action::file_owner(Some(g))? == Some(owner),
+            };
+            if existing == content && existing_mode == mode && owner_ok {
                 return Ok(None);
             }
             Some(existing)
@@ -47,6 +77,7 @@ pub fn plan_file_redacted(
     Ok(Some(Action::WriteFile {
         path: path.to_string(),
         mode,
+        group,
         content,
         before,
         redact,

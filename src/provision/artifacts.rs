@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::image;
-use crate::plan::{Action, Ctx, Step, StepPlan};
+use crate::plan::{Action, Check, Ctx, Step, StepPlan};
 use crate::root::RootPrefix;
 
 pub struct Kernel;
@@ -86,13 +86,34 @@ impl Step for Images {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let targets = image::plan(&options(ctx), &ctx.config.images.recipes)?;
-        Ok(StepPlan::with_actions(
+        let opts = options(ctx);
+        let targets = image::plan(&opts, &ctx.config.images.recipes)?;
+        let mut plan = StepPlan::with_actions(
             targets
                 .iter()
                 .filter_map(|t| build_action(ctx, format!("image:{}", t.name()), t))
                 .collect(),
-        ))
+        );
+        // A build that needs the Alpine mirror and has none would fail halfway through apply.
+        for t in targets.iter().filter(|t| !t.up_to_date()) {
+            let image::Target::Image(p) = t else { continue };
+            if let image::recipe::Source::AlpineMinirootfs { url, .. } = &p.recipe.source {
+                if let Err(e) = image::build::substitute_mirror(url, opts.alpine_mirror.as_deref())
+                {
+                    plan.checks.push(Check {
+                        name: format!("image {}: Alpine mirror", p.name),
+                        ok: false,
+                        detail: format!("{e:#}"),
+                        fix: Some(format!(
+                            "set `alpine_mirror` under [images] in fireclaw.toml (the default is {}), or FIRECLAW_ALPINE_MIRROR",
+                            crate::config::DEFAULT_ALPINE_MIRROR
+                        )),
+                        required: true,
+                    });
+                }
+            }
+        }
+        Ok(plan)
     }
 }
 

@@ -16,11 +16,12 @@ use crate::storage::thin::{
 pub fn plan(ctx: &Ctx) -> anyhow::Result<StepPlan> {
     let t = &ctx.config.thinpool;
     if !t.enabled {
-        return Ok(StepPlan::default()
-            .note("thinpool.enabled = false: VM disks are reflink/sparse copies"));
+        return Ok(StepPlan::not_applicable(
+            "thinpool.enabled = false: VM disks are reflink/sparse copies",
+        ));
     }
     if let EngineChoice::ReflinkCopy { reason } = thin::choose_engine(ctx.config) {
-        return Ok(StepPlan::default().note(format!(
+        return Ok(StepPlan::not_applicable(format!(
             "no thin pool on this host ({reason}); VM disks are reflink/sparse copies"
         )));
     }
