@@ -143,7 +143,7 @@ mod tests {
     use crate::plan::Undo;
 
     #[test]
-    fn disabled_pool_plans_nothing() {
+    fn disabled_pool_plans_nothing_and_is_not_applicable() {
         let dir = tempfile::tempdir().unwrap();
         let root = RootPrefix::new(dir.path());
         let mut config = Config::default();
@@ -152,6 +152,8 @@ mod tests {
         let p = plan(&ctx).unwrap();
         assert!(p.actions.is_empty());
         assert!(p.notes[0].contains("reflink"));
+        // Not "already done": there is no pool and there will be none.
+        assert!(p.not_applicable);
     }
 
     #[test]
