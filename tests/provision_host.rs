@@ -1006,6 +1006,25 @@ fn a_dry_run_blocks_what_apply_would_fail_on() {
     );
     assert!(!missing.exists(), "a blocked provision created the root");
 
+    // A --root that is a file: the error names --root, and states its cause once.
+    let file_root = fx.base.join("firecracker.tgz");
+    let out = run(&mut fx.ns.cmd(
+        support::bin(),
+        &[
+            "--root",
+            file_root.to_str().unwrap_or_default(),
+            "provision",
+            "--dry-run",
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--root") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert!(err.matches("os error").count() <= 1, "{err}");
+
     let ro = fx.base.join("ro-root");
     std::fs::create_dir(&ro).expect("mkdir");
     run_ok(
