@@ -1122,3 +1122,36 @@ fn detailed_exit_codes_and_json_apply() {
     assert_eq!(code(&["uninstall", "--detailed-exitcode"]), Some(0));
     assert_eq!(fx.host_state(), before);
 }
+
+/// The fixture runs ngircd as its unit does, so the configuration the old provision wrote
+/// (`root:root` 0600) fails here exactly as it did on a real host.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn ngircd_as_its_unit_cannot_read_a_root_only_config() {
+    if !tier("host", true, &["ip", "ngircd", "setpriv"]) {
+        return;
+    }
+    let ns = NetNs::new("irc600");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let params = fireclaw::irc::ngircd::NgircdParams {
+        listen: "127.0.0.1".into(),
+        port: 16667,
+        pid_file: "/run/ngircd/ngircd.pid",
+        operator_password: "test-operator-password",
+    };
+    let text = fireclaw::irc::ngircd::render(&fireclaw::config::Config::default(), &params)
+        .expect("render");
+    let conf = dir.path().join("ngircd.conf");
+    std::fs::write(&conf, text).expect("write");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = match fireclaw_testkit::ngircd::Ngircd::start(
+        &conf,
+        &ns.name,
+        "127.0.0.1:16667".parse().expect("addr"),
+    ) {
+        Ok(_) => panic!("ngircd started as irc with a root-only config"),
+        Err(e) => e,
+    };
+    assert!(err.contains("Permission denied"), "{err}");
+}
