@@ -540,7 +540,7 @@ fn provision_journal_and_uninstall_in_guest() {
         let ctx = Ctx::new(&root, &config, db, true);
         plan::make_plan(&steps, &ctx, &Selection::default()).expect("plan")
     };
-    let db_path = root.host(state_db::db_path(&config.paths.state_dir));
+    let db_path = root.host(fireclaw::state::db_path(&config.paths.state_dir));
 
     let first = make(None);
     let described: Vec<String> = first

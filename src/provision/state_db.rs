@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::plan::{Action, Ctx, Step, StepPlan};
-pub use crate::state::db_path;
+use crate::state::db_path;
 
 pub struct StateDb;
 
