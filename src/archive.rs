@@ -15,7 +15,7 @@ use flate2::read::GzDecoder;
 use indicatif::ProgressBar;
 use tar::{Archive, EntryType};
 
-use crate::plan::fsops;
+use crate::fsops;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

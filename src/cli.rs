@@ -144,9 +144,13 @@ pub struct ProvisionArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the plan as JSON (schema in README, "Plan JSON"). Implies nothing else.
+    /// Print the plan as JSON (schema in README, "Plan JSON"); with --dry-run nothing is changed,
+    /// without it the plan is applied and then printed.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 when there is nothing to do, 4 when changes are pending (--dry-run) or were made.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
     /// Run only these steps (comma-separated). Preflight always runs.
     #[arg(long, value_delimiter = ',', value_name = "STEP,..")]
     pub only: Vec<String>,
@@ -160,9 +164,13 @@ pub struct UninstallArgs {
     /// Print what would be reversed and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the reversal list as JSON.
+    /// Print the reversals as JSON; with --dry-run nothing is changed, without it they are made
+    /// and then printed.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 when there is nothing to undo, 4 when changes are pending (--dry-run) or were made.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args)]

@@ -314,6 +314,9 @@ impl Default for ThinPool {
     }
 }
 
+/// Alpine's official CDN: the default mirror (the pinned digests decide what is accepted).
+pub const DEFAULT_ALPINE_MIRROR: &str = "https://dl-cdn.alpinelinux.org/alpine";
+
 /// Which images provision builds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -323,6 +326,7 @@ pub struct Images {
     /// Base URL of an Alpine mirror (the directory holding `v3.24/`), for the Alpine recipes' pinned
     /// minirootfs and their packages. The pinned digests decide what is accepted, so any mirror
     /// will do. FIRECLAW_ALPINE_MIRROR, when set, overrides it; building `base`/`agent` needs one.
+    /// Defaults to Alpine's official CDN.
     pub alpine_mirror: String,
 }
 
@@ -330,7 +334,7 @@ impl Default for Images {
     fn default() -> Self {
         Images {
             recipes: vec!["base".into(), "agent".into()],
-            alpine_mirror: String::new(),
+            alpine_mirror: DEFAULT_ALPINE_MIRROR.into(),
         }
     }
 }

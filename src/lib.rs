@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod fetch;
+pub mod fsops;
 pub mod image;
 pub mod irc;
 pub mod net;

@@ -440,7 +440,7 @@ fn provision_journal_and_uninstall_in_guest() {
         let ctx = Ctx::new(&root, &config, db, true);
         plan::make_plan(&steps, &ctx, &Selection::default()).expect("plan")
     };
-    let db_path = root.host(state_db::db_path(&config.paths.state_dir));
+    let db_path = root.host(fireclaw::state::db_path(&config.paths.state_dir));
 
     let first = make(None);
     let described: Vec<String> = first
@@ -452,7 +452,7 @@ fn provision_journal_and_uninstall_in_guest() {
     assert_eq!(described.len(), 3, "{described:?}");
     assert!(described[1].contains("thin-pool fireclaw-pool"));
     assert!(described[2].contains("import image \"base\""));
-    apply::apply(&first, &root, &config, &db_path).expect("apply");
+    apply::apply(&first, &root, &config, &db_path, &fireclaw::report::Silent).expect("apply");
     assert_eq!(dm_devices("fireclaw-"), vec!["fireclaw-pool"]);
 
     let ro = Db::open_read_only(&db_path).expect("db").expect("exists");
@@ -462,7 +462,7 @@ fn provision_journal_and_uninstall_in_guest() {
     // Reboot: devices gone; the next command that needs the pool brings it back.
     {
         let db = Db::open(&db_path).expect("db");
-        let spec = fireclaw::provision::thinpool::recorded_spec(
+        let spec = fireclaw::storage::thin::recorded::recorded_spec(
             &db,
             &root,
             &config.paths.state_dir,
@@ -514,14 +514,20 @@ fn provision_journal_and_uninstall_in_guest() {
     let again = make(Some(&ro));
     drop(ro);
     assert_eq!(again.action_count(), 1, "only the import");
-    apply::apply(&again, &root, &config, &db_path).expect("apply import");
+    apply::apply(&again, &root, &config, &db_path, &fireclaw::report::Silent)
+        .expect("apply import");
     let db = Db::open(&db_path).expect("db");
     let vols = thin::store::volumes(&db, "fireclaw").expect("volumes");
     assert_eq!(vols.len(), 1, "{vols:?}");
     drop(db);
 
     // Uninstall: the journal, newest first; nothing of the pool is left.
-    let failures = apply::uninstall(Db::open(&db_path).expect("db"), &root).expect("uninstall");
+    let failures = apply::uninstall(
+        Db::open(&db_path).expect("db"),
+        &root,
+        &fireclaw::report::Silent,
+    )
+    .expect("uninstall");
     assert!(failures.is_empty(), "{failures:?}");
     assert!(dm_devices("fireclaw-").is_empty());
     let pool_dir = root.host(thin::pool_dir(&config.paths.state_dir));

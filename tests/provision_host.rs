@@ -201,6 +201,7 @@ fn provision_then_uninstall_restores_the_host_exactly() {
     };
     assert_eq!(mode("etc/fireclaw/id_ed25519"), 0o600);
     assert_eq!(mode("etc/fireclaw/irc-operator.pass"), 0o600);
+    assert_eq!(mode("etc/ngircd/ngircd.conf"), 0o640);
     assert_eq!(mode("usr/local/bin/firecracker"), 0o755);
     let conf =
         std::fs::read_to_string(fx.root.join("etc/ngircd/ngircd.conf")).expect("ngircd.conf");
@@ -250,6 +251,12 @@ fn provision_then_uninstall_restores_the_host_exactly() {
     let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
     assert_eq!(status["provisioned"], true);
     assert_eq!(status["bridge"]["up"], true);
+    // Preflight ran before the database existed; it is recorded all the same.
+    let preflight = status["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "preflight"))
+        .expect("preflight in status");
+    assert!(preflight["completed_at"].is_i64(), "{status:#}");
 
     // Uninstall: the dry-run lists the reversals; the real one puts everything back.
     let undo = run_ok(&mut fx.fireclaw(&["uninstall", "--dry-run"]));
@@ -460,114 +467,116 @@ fn malformed_config_names_the_key_and_line_and_changes_nothing() {
     assert_eq!(fx.host_state(), before);
 }
 
+/// Registers on the server, joins #agents and returns every line up to the end of NAMES.
+fn irc_join(stream: std::net::TcpStream) -> Result<Vec<String>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    writer
+        .write_all(b"NICK tester\r\nUSER tester 0 * :fireclaw test\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(stream);
+    let mut joined = false;
+    loop {
+        let mut line = String::new();
+        if reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{e}; got {lines:?}"))?
+            == 0
+        {
+            return Err(format!("connection closed; got {lines:?}"));
+        }
+        if let Some(rest) = line.strip_prefix("PING ") {
+            writer
+                .write_all(format!("PONG {rest}").as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        // 376 = end of MOTD (422 = no MOTD): registered.
+        if !joined && (line.contains(" 376 ") || line.contains(" 422 ")) {
+            writer
+                .write_all(b"JOIN #agents\r\n")
+                .map_err(|e| e.to_string())?;
+            joined = true;
+        }
+        lines.push(line.trim_end().to_string());
+        // 366 = end of NAMES, sent after a successful JOIN.
+        if line.contains(" 366 ") {
+            return Ok(lines);
+        }
+    }
+}
+
+fn gid_of(group: &str) -> u32 {
+    nix::unistd::Group::from_name(group)
+        .expect("getgrnam")
+        .unwrap_or_else(|| panic!("group {group} missing"))
+        .gid
+        .as_raw()
+}
+
+/// The configuration provision writes runs ngircd exactly as Debian's and Ubuntu's unit starts it
+/// (as `irc`, from the first instruction), a client can join our channel, and uninstall puts back
+/// the operator's file with its owner, mode and bytes.
 #[test]
 #[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
-fn the_generated_ngircd_config_runs_a_real_ngircd_that_a_client_can_join() {
-    if !tier("host", true, &["ip", "ngircd"]) {
+fn the_provisioned_ngircd_config_runs_ngircd_as_its_unit_does() {
+    if !host_tier() || !tier("host", true, &["ngircd", "setpriv"]) {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
-    let ns = NetNs::new("irc");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = fireclaw::config::Config::default();
-    let pid_file = dir.path().join("ngircd.pid");
-    let port = 16667;
-    let params = fireclaw::irc::ngircd::NgircdParams {
-        listen: "127.0.0.1".into(),
-        port,
-        pid_file: pid_file.to_str().unwrap_or_default(),
-        operator_password: "test-operator-password",
-    };
-    let text = fireclaw::irc::ngircd::render(&config, &params).expect("render");
-    // The test runs ngircd as root without switching user, so the pid file in a private dir works.
-    let text = text.replace("\tServerUID = irc\n\tServerGID = irc\n", "");
-    let conf = dir.path().join("ngircd.conf");
-    std::fs::write(&conf, &text).expect("write conf");
-    let conf_arg = conf.to_str().unwrap_or_default();
-    let check = run(&mut ns.cmd("ngircd", &["--configtest", "-f", conf_arg]));
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "ngircd --configtest rejected it:\n{stdout}\n{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(
-        stdout.contains("nyx.fireclaw.local") && stdout.contains("FireclawNet"),
-        "{stdout}"
-    );
+    use std::os::unix::fs::MetadataExt;
+    let (archive, digest) = release_archive();
+    let fx = fixture("ircunit", &archive, &digest);
+    let conf = fx.root.join("etc/ngircd/ngircd.conf");
+    // The operator's file belongs to someone else: uninstall must give it back to them.
+    std::os::unix::fs::chown(&conf, Some(65534), Some(65534)).expect("chown");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let before = fx.host_state();
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "network,ngircd"]));
 
-    let mut server = ns
-        .cmd("ngircd", &["--nodaemon", "-f", conf_arg])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ngircd");
-    let result = ns.enter(move || -> Result<Vec<String>, String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let stream = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("ngircd never listened: {e}"))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-        writer
-            .write_all(b"NICK tester\r\nUSER tester 0 * :fireclaw test\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut lines = Vec::new();
-        let mut reader = BufReader::new(stream);
-        let mut joined = false;
-        loop {
-            let mut line = String::new();
-            if reader
-                .read_line(&mut line)
-                .map_err(|e| format!("{e}; got {lines:?}"))?
-                == 0
-            {
-                return Err(format!("connection closed; got {lines:?}"));
-            }
-            if let Some(rest) = line.strip_prefix("PING ") {
-                writer
-                    .write_all(format!("PONG {rest}").as_bytes())
-                    .map_err(|e| e.to_string())?;
-            }
-            // 376 = end of MOTD (422 = no MOTD): registered.
-            if !joined && (line.contains(" 376 ") || line.contains(" 422 ")) {
-                writer
-                    .write_all(b"JOIN #agents\r\n")
-                    .map_err(|e| e.to_string())?;
-                joined = true;
-            }
-            lines.push(line.trim_end().to_string());
-            // 366 = end of NAMES, sent after a successful JOIN.
-            if line.contains(" 366 ") {
-                return Ok(lines);
-            }
-        }
-    });
-    let _ = server.kill();
-    let _ = server.wait();
-    let lines = result.expect("IRC session");
+    let meta = std::fs::metadata(&conf).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+        (0, gid_of("irc"), 0o640),
+        "ngircd.conf must be readable by ngircd's group and no one else"
+    );
+    let pass = std::fs::metadata(fx.root.join("etc/fireclaw/irc-operator.pass")).expect("stat");
+    assert_eq!(
+        (pass.uid(), pass.gid(), pass.permissions().mode() & 0o777),
+        (0, 0, 0o600)
+    );
+    let check = fireclaw_testkit::ngircd::configtest(&conf, &fx.ns.name).expect("configtest");
+    assert!(
+        check.contains("nyx.fireclaw.local") && check.contains("FireclawNet"),
+        "{check}"
+    );
+    let server = fireclaw_testkit::ngircd::Ngircd::start(
+        &conf,
+        &fx.ns.name,
+        "127.0.0.1:6667".parse().expect("addr"),
+    )
+    .expect("ngircd as its unit starts it");
+    let lines = irc_join(server.connect().expect("connect")).expect("IRC session");
+    drop(server);
     assert!(
         lines
             .iter()
             .any(|l| l.contains("JOIN") && l.contains("#agents")),
         "{lines:?}"
     );
-    assert!(
-        lines.iter().any(|l| l.contains("nyx.fireclaw.local")),
-        "{lines:?}"
-    );
     // The predefined topic proves the channel came from our configuration.
     assert!(
         lines.iter().any(|l| l.contains("the common room")),
         "{lines:?}"
+    );
+
+    run_ok(&mut fx.fireclaw(&["uninstall"]));
+    assert_eq!(
+        fx.host_state(),
+        before,
+        "uninstall did not restore the operator's ngircd.conf with its owner"
     );
 }
 
@@ -586,7 +595,7 @@ fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
     .expect("os-release");
     let before = fx.host_state();
     let out = run(&mut fx.fireclaw(&["provision", "--dry-run"]));
-    assert_eq!(out.status.code(), Some(2), "a blocked dry-run exits 2");
+    assert_eq!(out.status.code(), Some(3), "a blocked dry-run exits 3");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("FAIL distribution: Fedora Linux 40"),
@@ -598,8 +607,10 @@ fn an_unsupported_host_is_blocked_with_the_fix_and_nothing_changes() {
     );
     assert!(text.contains("BLOCKED"), "{text}");
     let out = run(&mut fx.fireclaw(&["provision"]));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("preflight failed; nothing was changed"));
+    assert_eq!(out.status.code(), Some(3), "a blocked apply exits 3");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the plan is blocked; nothing was changed")
+    );
     let out = run(&mut fx.fireclaw(&["doctor"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL distribution"));
@@ -733,4 +744,414 @@ fn a_second_provision_of_the_same_root_is_refused_while_one_runs() {
     drop(held);
     run_ok(&mut fx.fireclaw(&["provision", "--only", "network"]));
     run_ok(&mut fx.fireclaw(&["uninstall"]));
+}
+
+/// An operator's own firecracker in `bin_dir` comes back exactly (bytes, mode, owner)
+/// after uninstall, whether provision's install failed before touching them or replaced them.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn an_operators_firecracker_comes_back_after_a_failed_or_a_successful_install() {
+    if !host_tier() {
+        return;
+    }
+    let (good, good_digest) = release_archive();
+    for (digest, succeeds) in [
+        (support::sha256_hex(b"something else"), false),
+        (good_digest, true),
+    ] {
+        let fx = fixture("ownfc", &good, &digest);
+        let bin = fx.root.join("usr/local/bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        // The operator installed firecracker by hand (no jailer): provision installs both.
+        let own = bin.join("firecracker");
+        std::fs::write(&own, b"#!/bin/sh\necho operator's firecracker\n").expect("write");
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        std::os::unix::fs::chown(&own, Some(65534), Some(65534)).expect("chown");
+        let before = fx.host_state();
+        let out = run(&mut fx.fireclaw(&["provision", "--only", "firecracker"]));
+        assert_eq!(out.status.success(), succeeds, "{out:?}");
+        if succeeds {
+            let installed = std::fs::read_to_string(bin.join("firecracker")).expect("read");
+            assert!(installed.contains("Firecracker v1.16.1"), "{installed}");
+        }
+        let undo = run_ok(&mut fx.fireclaw(&["uninstall", "--dry-run"]));
+        assert!(undo.contains("/usr/local/bin/firecracker"), "{undo}");
+        run_ok(&mut fx.fireclaw(&["uninstall"]));
+        assert_eq!(
+            fx.host_state(),
+            before,
+            "the operator's binaries were not restored (install {})",
+            if succeeds { "succeeded" } else { "failed" }
+        );
+    }
+}
+
+/// `[network] nft_table` naming a table fireclaw did not create (the operator's `inet filter`
+/// with a drop policy) blocks the plan with the setting to change, and applying changes nothing.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn an_nft_table_fireclaw_did_not_create_is_refused() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("nftown", &archive, &digest);
+    let mut nft = fx.ns.cmd("nft", &["-f", "-"]);
+    let mut child = nft.stdin(Stdio::piped()).spawn().expect("nft");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        b"table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t\tiif lo accept\n\t}\n}\n",
+    )
+    .expect("write");
+    assert!(child.wait().expect("nft").success());
+    let mut config = std::fs::read_to_string(&fx.config).expect("config");
+    config.push_str("[network]\nnft_table = \"filter\"\n");
+    std::fs::write(&fx.config, config).expect("config");
+    let before = fx.host_state();
+
+    let out = run(&mut fx.fireclaw(&["provision", "--dry-run", "--only", "network"]));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "FAIL nftables table: table inet filter exists and fireclaw did not create it"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("`nft_table` under [network]"), "{text}");
+    let out = run(&mut fx.fireclaw(&["provision", "--dry-run", "--json", "--only", "network"]));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(plan["blocked"], true);
+    let out = run(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(fx.host_state(), before, "the operator's table was touched");
+}
+
+/// VMs recorded in the database (a kept one, with its tap, VMM process and run dir) are torn down
+/// first, listed, so uninstall orphans nothing.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn uninstall_tears_down_recorded_vms_first() {
+    if !host_tier() || !tier("host", true, &["python3"]) {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("vmsgone", &archive, &digest);
+    let before = fx.host_state();
+    run_ok(&mut fx.fireclaw(&["provision", "--only", "network"]));
+    let run_dir = fx.base.join("vms/kept1");
+    std::fs::create_dir_all(&run_dir).expect("run dir");
+    std::fs::write(run_dir.join("console.log"), b"booted\n").expect("write");
+    run_ok(
+        &mut fx
+            .ns
+            .cmd("ip", &["tuntap", "add", "fctap-kept1", "mode", "tap"]),
+    );
+    run_ok(
+        &mut fx
+            .ns
+            .cmd("ip", &["link", "set", "fctap-kept1", "master", "fcbr0"]),
+    );
+    // Stands in for the VMM: a process whose command line names the run dir.
+    let mut vmm = Command::new("python3")
+        .args(["-c", "import time; time.sleep(300)"])
+        .arg(&run_dir)
+        .spawn()
+        .expect("fake vmm");
+    {
+        let db = fireclaw::state::Db::open(&fx.root.join("var/lib/fireclaw/state.db")).expect("db");
+        fireclaw::vm::record::insert(
+            &db,
+            &fireclaw::vm::record::VmRecord {
+                id: "kept1".into(),
+                vmm: "firecracker".into(),
+                state: "kept".into(),
+                owner_pid: None,
+                owner_start: None,
+                vmm_pid: Some(i64::from(vmm.id())),
+                tap: "fctap-kept1".into(),
+                ip: None,
+                run_dir: run_dir.clone(),
+                disk_planned: fx.base.join("vms/kept1.ext4"),
+                disk: None,
+                policy: "local".into(),
+                image: "base".into(),
+                created_at: 0,
+            },
+        )
+        .expect("insert");
+    }
+    let dry = run_ok(&mut fx.fireclaw(&["uninstall", "--dry-run"]));
+    assert!(dry.contains("tear down VM kept1"), "{dry}");
+    let out = run(&mut fx.fireclaw(&["uninstall"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("kept1"), "the VM was not listed: {err}");
+    let reaped = (0..100).any(|_| {
+        if vmm.try_wait().expect("wait").is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    if !reaped {
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+    assert!(reaped, "the VM's process survived uninstall");
+    assert!(!run_dir.exists(), "the VM's run dir survived uninstall");
+    assert_eq!(
+        fx.host_state(),
+        before,
+        "uninstall left the VM's tap or state"
+    );
+}
+
+/// What apply would fail on, the dry-run blocks with the fix, in text and JSON: a bridge subnet
+/// that overlaps an address (the uplink's) or a route on the host, a loopback bridge address, a
+/// missing or read-only --root.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn a_dry_run_blocks_what_apply_would_fail_on() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("truth", &archive, &digest);
+    let blocked = |fx: &Fixture, args: &[&str], needle: &str| {
+        let mut all = vec!["provision", "--dry-run"];
+        all.extend_from_slice(args);
+        let out = run(&mut fx.fireclaw(&all));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+        all.push("--json");
+        let out = run(&mut fx.fireclaw(&all));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+        assert_eq!(plan["blocked"], true);
+        let checks: Vec<String> = plan["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["checks"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["ok"] == false && c["required"] == true && c["fix"].is_string())
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            checks.iter().any(|d| text.contains(d.as_str())),
+            "{checks:?}"
+        );
+    };
+    // The uplink's address in the bridge's subnet; then only a route into it.
+    run_ok(
+        &mut fx
+            .ns
+            .cmd("ip", &["link", "add", "uplink0", "type", "bridge"]),
+    );
+    run_ok(&mut fx.ns.cmd("ip", &["link", "set", "uplink0", "up"]));
+    run_ok(
+        &mut fx
+            .ns
+            .cmd("ip", &["addr", "add", "172.16.0.77/16", "dev", "uplink0"]),
+    );
+    blocked(
+        &fx,
+        &["--only", "network"],
+        "overlaps address 172.16.0.77/16 on uplink0",
+    );
+    run_ok(&mut fx.ns.cmd("ip", &["addr", "flush", "dev", "uplink0"]));
+    run_ok(
+        &mut fx
+            .ns
+            .cmd("ip", &["route", "add", "172.16.0.0/20", "dev", "uplink0"]),
+    );
+    blocked(
+        &fx,
+        &["--only", "network"],
+        "overlaps route 172.16.0.0/20 via uplink0",
+    );
+    run_ok(&mut fx.ns.cmd("ip", &["link", "del", "uplink0"]));
+
+    let config = std::fs::read_to_string(&fx.config).expect("config");
+    std::fs::write(
+        &fx.config,
+        format!("{config}[network]\naddress = \"127.0.0.1/8\"\n"),
+    )
+    .expect("config");
+    blocked(
+        &fx,
+        &["--only", "network"],
+        "127.0.0.1/8 is a loopback address",
+    );
+    std::fs::write(&fx.config, &config).expect("config");
+
+    let missing = fx.base.join("no-such-root");
+    let out = run(&mut fx.ns.cmd(
+        support::bin(),
+        &[
+            "--root",
+            missing.to_str().unwrap_or_default(),
+            "--config",
+            fx.config.to_str().unwrap_or_default(),
+            "provision",
+            "--only",
+            "layout",
+        ],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("FAIL root prefix") && text.contains("--root"),
+        "{text}"
+    );
+    assert!(!missing.exists(), "a blocked provision created the root");
+
+    // A --root that is a file: the error names --root, and states its cause once.
+    let file_root = fx.base.join("firecracker.tgz");
+    let out = run(&mut fx.ns.cmd(
+        support::bin(),
+        &[
+            "--root",
+            file_root.to_str().unwrap_or_default(),
+            "provision",
+            "--dry-run",
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--root") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert!(err.matches("os error").count() <= 1, "{err}");
+
+    let ro = fx.base.join("ro-root");
+    std::fs::create_dir(&ro).expect("mkdir");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro", "tmpfs"])
+            .arg(&ro),
+    );
+    let out = run(&mut fx.ns.cmd(
+        support::bin(),
+        &[
+            "--root",
+            ro.to_str().unwrap_or_default(),
+            "--config",
+            fx.config.to_str().unwrap_or_default(),
+            "provision",
+            "--dry-run",
+            "--only",
+            "layout",
+        ],
+    ));
+    let _ = Command::new("umount").arg(&ro).status();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("is not writable"), "{text}");
+}
+
+/// Exit codes: 3 blocked (above), `--detailed-exitcode` 0 nothing to do / 4 changes, `--json`
+/// without `--dry-run` applies and prints the plan; `status` and `uninstall` on a host with no
+/// state database say so and create nothing.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn detailed_exit_codes_and_json_apply() {
+    if !host_tier() {
+        return;
+    }
+    let (archive, digest) = release_archive();
+    let fx = fixture("exitc", &archive, &digest);
+    let before = fx.host_state();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["uninstall"],
+        &["uninstall", "--json"],
+    ] {
+        let out = run(&mut fx.fireclaw(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Not provisioned")
+                || text.contains("\"provisioned\": false")
+                || text.contains("Nothing to uninstall")
+                || text.contains("\"reversals\": []"),
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(fx.host_state(), before, "status/uninstall created state");
+
+    let code = |args: &[&str]| run(&mut fx.fireclaw(args)).status.code();
+    let only = ["--only", "network"];
+    assert_eq!(
+        code(&[
+            "provision",
+            "--dry-run",
+            "--detailed-exitcode",
+            only[0],
+            only[1]
+        ]),
+        Some(4)
+    );
+    assert_eq!(code(&["provision", "--dry-run", only[0], only[1]]), Some(0));
+    let out = run(&mut fx.fireclaw(&[
+        "provision",
+        "--json",
+        "--detailed-exitcode",
+        only[0],
+        only[1],
+    ]));
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let applied: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON after apply");
+    assert_eq!(applied["dry_run"], false);
+    assert!(run_ok(&mut fx.ns.cmd("ip", &["link", "show", "fcbr0"])).contains("fcbr0"));
+    assert_eq!(
+        code(&["provision", "--detailed-exitcode", only[0], only[1]]),
+        Some(0)
+    );
+    assert_eq!(
+        code(&["uninstall", "--dry-run", "--detailed-exitcode"]),
+        Some(4)
+    );
+    let out = run(&mut fx.fireclaw(&["uninstall", "--json", "--detailed-exitcode"]));
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let undone: serde_json::Value = serde_json::from_slice(&out.stdout).expect("uninstall JSON");
+    assert_eq!(undone["dry_run"], false);
+    assert!(undone["failures"].as_array().is_some_and(|f| f.is_empty()));
+    assert_eq!(code(&["uninstall", "--detailed-exitcode"]), Some(0));
+    assert_eq!(fx.host_state(), before);
+}
+
+/// The fixture runs ngircd as its unit does, so the configuration the old provision wrote
+/// (`root:root` 0600) fails here exactly as it did on a real host.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd); run with --include-ignored"]
+fn ngircd_as_its_unit_cannot_read_a_root_only_config() {
+    if !tier("host", true, &["ip", "ngircd", "setpriv"]) {
+        return;
+    }
+    let ns = NetNs::new("irc600");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let params = fireclaw::irc::ngircd::NgircdParams {
+        listen: "127.0.0.1".into(),
+        port: 16667,
+        pid_file: "/run/ngircd/ngircd.pid",
+        operator_password: "test-operator-password",
+    };
+    let text = fireclaw::irc::ngircd::render(&fireclaw::config::Config::default(), &params)
+        .expect("render");
+    let conf = dir.path().join("ngircd.conf");
+    std::fs::write(&conf, text).expect("write");
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = match fireclaw_testkit::ngircd::Ngircd::start(
+        &conf,
+        &ns.name,
+        "127.0.0.1:16667".parse().expect("addr"),
+    ) {
+        Ok(_) => panic!("ngircd started as irc with a root-only config"),
+        Err(e) => e,
+    };
+    assert!(err.contains("Permission denied"), "{err}");
 }

@@ -117,7 +117,7 @@ fn thin_gc(env: &Env) -> anyhow::Result<Option<thin::GcReport>> {
     if !store::has_tables(&db)? || store::pool(&db, thin::DEFAULT_POOL_NAME)?.is_none() {
         return Ok(None);
     }
-    let spec = crate::provision::thinpool::recorded_spec(
+    let spec = crate::storage::thin::recorded::recorded_spec(
         &db,
         &env.root,
         &env.config.paths.state_dir,

@@ -80,6 +80,11 @@ impl Env {
             }
             _ => {}
         }
+        // A missing root is reported by provision's preflight (a blocked step, with the fix); a
+        // root that is not a directory cannot even hold the config file.
+        if global.root.exists() && !global.root.is_dir() {
+            anyhow::bail!("--root {} is not a directory", global.root.display());
+        }
         let root = RootPrefix::new(&global.root);
         let recipes = crate::image::recipe::embedded()
             .names()
@@ -105,9 +110,8 @@ impl Env {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.root.host(crate::provision::state_db::db_path(
-            &self.config.paths.state_dir,
-        ))
+        self.root
+            .host(crate::state::db_path(&self.config.paths.state_dir))
     }
 
     /// The state database for reading. Without root it cannot be read (it is 0600: it holds

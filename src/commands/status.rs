@@ -9,8 +9,13 @@ use crate::provision;
 
 #[derive(Serialize)]
 struct Status {
+    /// The journal records provisioning. False on a host with no state database, and with one that
+    /// holds no journal (created by another command before provision ran).
     provisioned: bool,
     state_db: String,
+    /// The database exists but could not be read (it is root's alone): `provisioned` is unknown.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    state_db_unreadable: bool,
     steps: Vec<StepStatus>,
     journal_entries: usize,
     bridge: Option<BridgeStatus>,
@@ -53,7 +58,7 @@ fn thin_pool_status(env: &Env, db: Option<&crate::state::Db>) -> ThinPoolStatus 
     {
         return ThinPoolStatus::Absent;
     }
-    let spec = match crate::provision::thinpool::recorded_spec(
+    let spec = match crate::storage::thin::recorded::recorded_spec(
         db,
         &env.root,
         &env.config.paths.state_dir,
@@ -126,8 +131,9 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         provision::systemd::UNIT_NAME
     );
     let status = Status {
-        provisioned: db.is_some(),
+        provisioned: journal_entries > 0,
         state_db: env.db_path().display().to_string(),
+        state_db_unreadable: db.is_none() && env.db_path().exists(),
         steps,
         journal_entries,
         bridge,
@@ -146,8 +152,15 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(0);
     }
-    if !status.provisioned {
+    if status.state_db_unreadable {
+        println!(
+            "Unknown: {} is readable by root only; run `sudo fireclaw status` to see what provision did.",
+            status.state_db
+        );
+    } else if db.is_none() {
         println!("Not provisioned ({} does not exist). Run `fireclaw provision --dry-run` to see the plan.", status.state_db);
+    } else if !status.provisioned {
+        println!("Not provisioned ({} records no provisioning). Run `fireclaw provision --dry-run` to see the plan.", status.state_db);
     } else {
         println!(
             "Provisioned: {} journaled change(s) in {}",

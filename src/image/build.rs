@@ -272,8 +272,8 @@ pub fn build_image(opts: &BuildOptions, plan: &ImagePlan) -> anyhow::Result<Mani
     }
     if r.ssh.is_some() && opts.authorized_keys.is_empty() {
         bail!(
-            "image {name}: no SSH public key to authorize; pass --authorized-key FILE or create the guest key \
-             with `fireclaw provision --only keys`"
+            "image {name}: no SSH public key to authorize; create the guest key with \
+             `fireclaw provision --only layout`, or build with `fireclaw image build --authorized-key FILE`"
         );
     }
     fs::create_dir_all(&opts.image_dir)

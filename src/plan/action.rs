@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::fsops;
+use crate::fsops;
 use crate::root::RootPrefix;
 
 /// One change to the host. Paths are host paths as configured (absolute); they are resolved under the
@@ -28,6 +28,10 @@ pub enum Action {
         path: String,
         #[serde(serialize_with = "ser_mode")]
         mode: u32,
+        /// The group the file is given (owner root), for a configuration a daemon reads as that
+        /// group; `None`: root's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
         #[serde(skip)]
         content: Vec<u8>,
         /// What is on disk now (`None`: no file).
@@ -53,6 +57,10 @@ pub enum Action {
     GenerateSshKey {
         path: String,
         comment: String,
+    },
+    /// Write `path.pub` (0644) from the existing private key `path`, which stays as it is.
+    DerivePublicKey {
+        path: String,
     },
     /// Fetch an archive pinned by sha256 (cached by digest), then install members from it.
     InstallFromArchive {
@@ -136,15 +144,24 @@ pub enum Undo {
     RemoveDir {
         path: String,
     },
-    /// Put back a file's previous content and mode (kept in the journal's backup column), or remove
-    /// the file when there was none.
+    /// Put back a file's previous content, mode and owner (kept in the journal's backup column),
+    /// or remove the file when there was none.
     RestoreFile {
         path: String,
         previous_mode: Option<u32>,
+        /// (uid, gid); absent in journals written before owners were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_owner: Option<(u32, u32)>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         systemctl_after: Vec<String>,
     },
     RemoveFiles {
+        paths: Vec<String>,
+    },
+    /// Put each of `paths` back as it was before the action (the journal's backup is a tar of
+    /// those that existed, with mode and owner: see `fsops::save_files`); remove those that did not
+    /// exist. Exact whether or not the action ran, or ran halfway.
+    RestoreFiles {
         paths: Vec<String>,
     },
     /// Remove files, then directory trees that fireclaw created for itself.
@@ -210,11 +227,18 @@ impl Action {
                 format!("create directory {path} (mode {mode:04o})")
             }
             Action::WriteFile {
-                path, mode, before, ..
-            } => match before {
-                None => format!("create file {path} (mode {mode:04o})"),
-                Some(_) => format!("update file {path} (mode {mode:04o})"),
-            },
+                path,
+                mode,
+                before,
+                group,
+                ..
+            } => {
+                let verb = if before.is_none() { "create" } else { "update" };
+                match group {
+                    None => format!("{verb} file {path} (mode {mode:04o})"),
+                    Some(g) => format!("{verb} file {path} (root:{g}, mode {mode:04o})"),
+                }
+            }
             Action::GenerateSecret { path, length } => {
                 format!(
                     "generate a {length}-character secret into {path} (mode 0600, never printed)"
@@ -224,6 +248,9 @@ impl Action {
                 format!(
                     "generate ed25519 key pair {path} (0600) and {path}.pub, comment {comment:?}"
                 )
+            }
+            Action::DerivePublicKey { path } => {
+                format!("write {path}.pub (0644) from the existing private key {path}")
             }
             Action::InstallFromArchive {
                 url,
@@ -290,42 +317,34 @@ impl Action {
                 let previous = fsops::read_existing(&root.host(path))?;
                 let undo = Undo::RestoreFile {
                     path: path.clone(),
-                    previous_mode: previous.as_ref().map(|(_, mode)| *mode),
+                    previous_mode: previous.as_ref().map(|p| p.mode),
+                    previous_owner: previous.as_ref().map(|p| p.owner),
                     systemctl_after: systemctl_after.clone(),
                 };
-                (undo, previous.map(|(bytes, _)| bytes))
+                (undo, previous.map(|p| p.content))
             }
-            Action::GenerateSecret { path, .. } => (
-                Undo::RemoveFiles {
-                    paths: vec![path.clone()],
-                },
-                None,
-            ),
-            Action::GenerateSshKey { path, .. } => (
-                Undo::RemoveFiles {
-                    paths: vec![path.clone(), format!("{path}.pub")],
-                },
-                None,
-            ),
-            // The verified download is fireclaw's too: uninstall removes it with the binaries.
+            // Whatever these write is saved first: a file that was there (the operator's own
+            // firecracker, a key) comes back as it was; one that was not is removed.
+            Action::GenerateSecret { path, .. } => restore_files(root, vec![path.clone()])?,
+            Action::GenerateSshKey { path, .. } => {
+                restore_files(root, vec![path.clone(), format!("{path}.pub")])?
+            }
+            Action::DerivePublicKey { path } => restore_files(root, vec![format!("{path}.pub")])?,
             Action::InstallFromArchive {
                 members,
                 sha256,
                 cache_dir,
                 ..
-            } => (
-                Undo::RemoveFiles {
-                    paths: members
-                        .iter()
-                        .map(|m| m.dest.clone())
-                        .chain(std::iter::once(format!(
-                            "{cache_dir}/{}/{sha256}",
-                            crate::fetch::DOWNLOADS_DIR
-                        )))
-                        .collect(),
-                },
-                None,
-            ),
+            } => {
+                let mut paths: Vec<String> = members.iter().map(|m| m.dest.clone()).collect();
+                // A verified download this run fetches is fireclaw's and goes on uninstall; one
+                // already cached is left alone (and not copied into the journal).
+                let download = format!("{cache_dir}/{}/{sha256}", crate::fetch::DOWNLOADS_DIR);
+                if !root.host(&download).exists() {
+                    paths.push(download);
+                }
+                restore_files(root, paths)?
+            }
             Action::AptInstall { packages } => (
                 Undo::AptRemove {
                     packages: packages.clone(),
@@ -389,10 +408,12 @@ impl Action {
             Action::WriteFile {
                 path,
                 mode,
+                group,
                 content,
                 systemctl_after,
                 ..
-            } => fsops::write_atomic(&root.host(path), content, *mode).and_then(|()| {
+            } => file_owner(group.as_deref()).and_then(|owner| {
+                fsops::write_atomic_owned(&root.host(path), content, *mode, owner)?;
                 if systemctl_after.is_empty() {
                     Ok(())
                 } else {
@@ -406,6 +427,9 @@ impl Action {
             ),
             Action::GenerateSshKey { path, comment } => {
                 crate::provision::keys::generate_ed25519(&root.host(path), comment)
+            }
+            Action::DerivePublicKey { path } => {
+                crate::provision::keys::write_public_half(&root.host(path))
             }
             Action::InstallFromArchive {
                 url,
@@ -449,6 +473,25 @@ impl Action {
     }
 }
 
+/// The undo record and backup for an action that writes `paths`.
+fn restore_files(root: &RootPrefix, paths: Vec<String>) -> anyhow::Result<(Undo, Option<Vec<u8>>)> {
+    let backup = fsops::save_files(&paths, |p| root.host(p))?;
+    Ok((Undo::RestoreFiles { paths }, backup))
+}
+
+/// (root, `group`'s gid) for a file a daemon reads through its group; `None` leaves the owner to
+/// the writer (root).
+pub fn file_owner(group: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
+    let Some(name) = group else {
+        return Ok(None);
+    };
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(Some((0, g.gid.as_raw()))),
+        Ok(None) => anyhow::bail!("group {name} does not exist"),
+        Err(e) => anyhow::bail!("looking up group {name}: {e}"),
+    }
+}
+
 /// `enable X` is undone by `disable X`; `daemon-reload` and restarts are re-run on the way out so the
 /// service manager sees the restored files.
 fn systemctl_inverse(args: &[String]) -> Vec<String> {
@@ -471,6 +514,12 @@ impl Undo {
             } => format!("restore previous {path} (mode {mode:04o})"),
             Undo::RestoreFile { path, .. } => format!("remove file {path}"),
             Undo::RemoveFiles { paths } => format!("remove {}", paths.join(", ")),
+            Undo::RestoreFiles { paths } => {
+                format!(
+                    "restore {} as they were (removing any that were not there)",
+                    paths.join(", ")
+                )
+            }
             Undo::RemoveBuild { files, trees } => {
                 let all: Vec<&str> = files.iter().chain(trees).map(String::as_str).collect();
                 format!("remove {}", all.join(", "))
@@ -498,11 +547,14 @@ impl Undo {
             Undo::RestoreFile {
                 path,
                 previous_mode,
+                previous_owner,
                 systemctl_after,
             } => {
                 let resolved = root.host(path);
                 match (previous_mode, backup) {
-                    (Some(mode), Some(bytes)) => fsops::write_atomic(&resolved, bytes, *mode),
+                    (Some(mode), Some(bytes)) => {
+                        fsops::write_atomic_owned(&resolved, bytes, *mode, *previous_owner)
+                    }
                     _ => fsops::remove_file_if_exists(&resolved),
                 }?;
                 if systemctl_after.is_empty() {
@@ -514,6 +566,7 @@ impl Undo {
             Undo::RemoveFiles { paths } => paths
                 .iter()
                 .try_for_each(|p| fsops::remove_file_if_exists(&root.host(p))),
+            Undo::RestoreFiles { paths } => fsops::restore_files(paths, backup, |p| root.host(p)),
             Undo::RemoveBuild { files, trees } => {
                 files
                     .iter()
@@ -559,6 +612,7 @@ impl Action {
             Action::GenerateSshKey { path, .. } => {
                 vec![PathBuf::from(path), PathBuf::from(format!("{path}.pub"))]
             }
+            Action::DerivePublicKey { path } => vec![PathBuf::from(format!("{path}.pub"))],
             Action::InstallFromArchive { members, .. } => {
                 members.iter().map(|m| PathBuf::from(&m.dest)).collect()
             }
@@ -579,6 +633,7 @@ mod tests {
             Undo::RestoreFile {
                 path: "/b".into(),
                 previous_mode: Some(0o644),
+                previous_owner: Some((0, 39)),
                 systemctl_after: vec!["daemon-reload".into()],
             },
             Undo::RestoreNftTable {
@@ -610,6 +665,7 @@ mod tests {
         let a = Action::WriteFile {
             path: "/etc/x".into(),
             mode: 0o600,
+            group: None,
             content: b"hunter2".to_vec(),
             before: None,
             redact: vec![("hunter2".into(), "<secret>".into())],
@@ -629,6 +685,7 @@ mod tests {
         let write = Action::WriteFile {
             path: "/etc/keep".into(),
             mode: 0o640,
+            group: None,
             content: b"ours\n".to_vec(),
             before: Some(b"original\n".to_vec()),
             redact: vec![],

@@ -3,28 +3,17 @@
 //! that a re-run completes and uninstall can reverse.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{fsops, Action, Plan, StepStatus, Undo};
+use super::{Action, Plan, StepStatus, Undo};
+use crate::fsops;
+use crate::report::Reporter;
 use crate::root::RootPrefix;
 use crate::state::{Db, JournalStatus};
 
 /// Meta key listing the directories created together with the database, removed after it.
 const META_CREATED_DIRS: &str = "created_dirs";
-
-/// Progress display, one bar per step. Hidden when stderr is not a terminal (CI, pipes).
-fn step_bar(label: &str, len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {wide_msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(label.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
 
 /// Executes every pending step's actions in order and returns the open database. Stops at the first
 /// failure: what ran is journaled, and the error says which action failed.
@@ -33,10 +22,11 @@ pub fn apply(
     root: &RootPrefix,
     config: &crate::config::Config,
     db_path: &Path,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<(Option<Db>, usize)> {
     if plan.is_blocked() {
         anyhow::bail!(
-            "preflight failed; nothing was changed (run `fireclaw doctor` for the fixes)"
+            "the plan is blocked; nothing was changed (the FAIL lines say how to fix it)"
         );
     }
     let mut db = if db_path.exists() {
@@ -46,20 +36,26 @@ pub fn apply(
     };
     let mut applied = 0;
     let total = plan.steps.len();
+    // Steps found done before the database exists (preflight, on a fresh host) are recorded as
+    // soon as it does, so `status` does not call them "not run".
+    let mut unrecorded = Vec::new();
     for (index, step) in plan.steps.iter().enumerate() {
         if step.status != StepStatus::Pending {
-            if let (StepStatus::Done, Some(db)) = (step.status, &db) {
-                db.mark_step_complete(step.name)?;
+            if step.status == StepStatus::Done {
+                match &db {
+                    Some(db) => db.mark_step_complete(step.name)?,
+                    None => unrecorded.push(step.name),
+                }
             }
             continue;
         }
-        let bar = step_bar(
+        let bar = reporter.progress(
             &format!("[{}/{}] {}", index + 1, total, step.name),
-            step.plan.actions.len() as u64,
+            Some(step.plan.actions.len() as u64),
         );
         for action in &step.plan.actions {
             let line = action.describe();
-            bar.set_message(line.clone());
+            bar.set_message(&line);
             if let Action::CreateStateDb { dirs, .. } = action {
                 let opened = Db::open(db_path)?;
                 opened.set_meta(META_CREATED_DIRS, &serde_json::to_string(dirs)?)?;
@@ -70,6 +66,9 @@ pub fn apply(
                     None,
                 )?;
                 opened.journal_set_status(id, JournalStatus::Done)?;
+                for name in unrecorded.drain(..) {
+                    opened.mark_step_complete(name)?;
+                }
                 db = Some(opened);
                 applied += 1;
                 bar.inc(1);
@@ -94,17 +93,17 @@ pub fn apply(
             applied += 1;
             bar.inc(1);
         }
-        bar.finish_and_clear();
+        drop(bar);
         if let Some(db) = &db {
             db.mark_step_complete(step.name)?;
         }
-        eprintln!(
+        reporter.status(&format!(
             "[{}/{}] {}: {} change(s) applied",
             index + 1,
             total,
             step.name,
             step.plan.actions.len()
-        );
+        ));
     }
     Ok((db, applied))
 }
@@ -146,19 +145,23 @@ pub fn reversals(db: &Db) -> anyhow::Result<Vec<Reversal>> {
 /// Reverses every journaled change, newest first, then deletes the database and the directories
 /// created with it. Keeps going past failures (reporting each) so one stuck item does not strand the
 /// rest; if anything failed the database stays, so a re-run can finish the job.
-pub fn uninstall(db: Db, root: &RootPrefix) -> anyhow::Result<Vec<String>> {
+pub fn uninstall(
+    db: Db,
+    root: &RootPrefix,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Vec<String>> {
     let items = reversals(&db)?;
-    let bar = step_bar("uninstall", items.len() as u64);
+    let bar = reporter.progress("uninstall", Some(items.len() as u64));
     let mut failures = Vec::new();
     for item in &items {
-        bar.set_message(item.undo.describe());
+        bar.set_message(&item.undo.describe());
         match item.undo.revert(root, item.backup.as_deref()) {
             Ok(()) => db.journal_set_status(item.id, JournalStatus::Reverted)?,
             Err(e) => failures.push(format!("{}: {e:#}", item.step)),
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
+    drop(bar);
     if !failures.is_empty() {
         return Ok(failures);
     }
@@ -176,4 +179,54 @@ pub fn uninstall(db: Db, root: &RootPrefix) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlannedStep, StepPlan};
+
+    /// Preflight is done before the database exists; it must still be recorded as done.
+    #[test]
+    fn steps_done_before_the_database_exists_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        let db_path = dir.path().join("var/lib/fireclaw/state.db");
+        let plan = Plan {
+            steps: vec![
+                PlannedStep {
+                    name: "preflight",
+                    summary: "",
+                    status: StepStatus::Done,
+                    plan: StepPlan::default(),
+                },
+                PlannedStep {
+                    name: "state",
+                    summary: "",
+                    status: StepStatus::Pending,
+                    plan: StepPlan::with_actions(vec![Action::CreateStateDb {
+                        path: "/var/lib/fireclaw/state.db".into(),
+                        dirs: vec![],
+                    }]),
+                },
+            ],
+        };
+        let collect = crate::report::Collect::default();
+        let (db, applied) = apply(
+            &plan,
+            &root,
+            &crate::config::Config::default(),
+            &db_path,
+            &collect,
+        )
+        .unwrap();
+        assert_eq!(applied, 1);
+        let db = db.unwrap();
+        assert!(db.step_completed_at("preflight").unwrap().is_some());
+        assert!(db.step_completed_at("state").unwrap().is_some());
+        assert!(collect
+            .lines()
+            .iter()
+            .any(|l| l.contains("state: 1 change(s) applied")));
+    }
 }

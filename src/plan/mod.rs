@@ -4,7 +4,7 @@
 
 pub mod action;
 pub mod apply;
-pub mod fsops;
+pub mod files;
 pub mod render;
 
 use serde::Serialize;
@@ -84,9 +84,21 @@ pub struct StepPlan {
     /// Facts worth showing that are not actions ("packages are host-global; skipped under a root prefix").
     pub notes: Vec<String>,
     pub actions: Vec<Action>,
+    /// The step does not apply to this host (no device-mapper for the thin pool, packages under a
+    /// root prefix): nothing to do, and nothing was checked either.
+    pub not_applicable: bool,
 }
 
 impl StepPlan {
+    /// A plan for a step that does not apply here, with the reason as its note.
+    pub fn not_applicable(reason: impl Into<String>) -> Self {
+        StepPlan {
+            notes: vec![reason.into()],
+            not_applicable: true,
+            ..Default::default()
+        }
+    }
+
     pub fn with_actions(actions: Vec<Action>) -> Self {
         StepPlan {
             actions,
@@ -115,6 +127,8 @@ pub enum StepStatus {
     Blocked,
     /// Excluded by `--only`/`--skip`.
     Skipped,
+    /// Does not apply to this host (see the step's note).
+    NotApplicable,
 }
 
 pub struct PlannedStep {
@@ -144,6 +158,15 @@ impl Plan {
 
     pub fn is_empty(&self) -> bool {
         self.action_count() == 0
+    }
+
+    /// Names of the steps `--only`/`--skip` left out.
+    pub fn skipped(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Skipped)
+            .map(|s| s.name)
+            .collect()
     }
 }
 
@@ -199,6 +222,8 @@ pub fn make_plan(
             .map_err(|e| e.context(format!("planning step {}", step.name())))?;
         let status = if plan.blocking_failures().next().is_some() {
             StepStatus::Blocked
+        } else if plan.actions.is_empty() && plan.not_applicable {
+            StepStatus::NotApplicable
         } else if plan.actions.is_empty() {
             StepStatus::Done
         } else {

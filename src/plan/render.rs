@@ -137,6 +137,7 @@ pub fn to_text(plan: &Plan) -> String {
             StepStatus::Pending => format!("{} action(s)", step.plan.actions.len()),
             StepStatus::Blocked => "BLOCKED".to_string(),
             StepStatus::Skipped => "skipped".to_string(),
+            StepStatus::NotApplicable => "not applicable".to_string(),
         };
         out.push_str(&format!(
             "[{}/{}] {:<12} {} — {}\n",
@@ -179,23 +180,63 @@ pub fn to_text(plan: &Plan) -> String {
         .iter()
         .filter(|s| s.status == StepStatus::Pending)
         .count();
-    if plan.is_blocked() {
-        out.push_str("Plan: BLOCKED by preflight; nothing will be applied until the failures above are fixed.\n");
-    } else if plan.is_empty() {
-        out.push_str("Plan: nothing to do; the host is provisioned.\n");
-    } else {
-        out.push_str(&format!(
-            "Plan: {} action(s) in {} step(s).\n",
-            plan.action_count(),
-            pending
-        ));
-    }
+    out.push_str(&format!("Plan: {}\n", summary(plan, pending)));
     out
+}
+
+/// The plan's last line: what will happen, and what was left out.
+pub fn summary(plan: &Plan, pending_steps: usize) -> String {
+    let skipped = plan.skipped();
+    if plan.is_blocked() {
+        "BLOCKED: nothing will be applied until the FAIL lines above are fixed.".into()
+    } else if plan.is_empty() && skipped.is_empty() {
+        "nothing to do; the host is provisioned.".into()
+    } else if plan.is_empty() {
+        format!(
+            "nothing to do in the selected steps ({} skipped: {}).",
+            skipped.len(),
+            skipped.join(", ")
+        )
+    } else {
+        format!(
+            "{} action(s) in {} step(s).",
+            plan.action_count(),
+            pending_steps
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(name: &'static str, status: StepStatus) -> crate::plan::PlannedStep {
+        crate::plan::PlannedStep {
+            name,
+            summary: "",
+            status,
+            plan: Default::default(),
+        }
+    }
+
+    #[test]
+    fn with_steps_skipped_an_empty_plan_does_not_claim_the_host_is_provisioned() {
+        let plan = Plan {
+            steps: vec![
+                step("preflight", StepStatus::Done),
+                step("network", StepStatus::Skipped),
+                step("thinpool", StepStatus::NotApplicable),
+            ],
+        };
+        let text = to_text(&plan);
+        assert!(!text.contains("provisioned"), "{text}");
+        assert!(text.contains("1 skipped: network"), "{text}");
+        assert!(text.contains("thinpool     not applicable"), "{text}");
+        let all = Plan {
+            steps: vec![step("preflight", StepStatus::Done)],
+        };
+        assert!(to_text(&all).contains("the host is provisioned"));
+    }
 
     #[test]
     fn diff_of_new_file_is_against_dev_null() {

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::image;
-use crate::plan::{Action, Ctx, Step, StepPlan};
+use crate::plan::{Action, Check, Ctx, Step, StepPlan};
 use crate::root::RootPrefix;
 
 pub struct Kernel;
@@ -52,6 +52,31 @@ fn build_action(ctx: &Ctx, id: String, target: &image::Target) -> Option<Action>
     })
 }
 
+/// A build that needs the Alpine mirror and has none would fail halfway through apply: a blocked
+/// check per such image instead.
+fn mirror_checks(targets: &[image::Target], mirror: Option<&str>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for t in targets.iter().filter(|t| !t.up_to_date()) {
+        let image::Target::Image(p) = t else { continue };
+        let image::recipe::Source::AlpineMinirootfs { url, .. } = &p.recipe.source else {
+            continue;
+        };
+        if let Err(e) = image::build::substitute_mirror(url, mirror) {
+            checks.push(Check {
+                name: format!("image {}: Alpine mirror", p.name),
+                ok: false,
+                detail: format!("{e:#}"),
+                fix: Some(format!(
+                    "set `alpine_mirror` under [images] in fireclaw.toml (the default is {}), or FIRECLAW_ALPINE_MIRROR",
+                    crate::config::DEFAULT_ALPINE_MIRROR
+                )),
+                required: true,
+            });
+        }
+    }
+    checks
+}
+
 fn options(ctx: &Ctx) -> image::BuildOptions {
     image::BuildOptions::from_config(ctx.root, ctx.config)
 }
@@ -86,13 +111,17 @@ impl Step for Images {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let targets = image::plan(&options(ctx), &ctx.config.images.recipes)?;
-        Ok(StepPlan::with_actions(
+        let opts = options(ctx);
+        let targets = image::plan(&opts, &ctx.config.images.recipes)?;
+        let mut plan = StepPlan::with_actions(
             targets
                 .iter()
                 .filter_map(|t| build_action(ctx, format!("image:{}", t.name()), t))
                 .collect(),
-        ))
+        );
+        plan.checks
+            .extend(mirror_checks(&targets, opts.alpine_mirror.as_deref()));
+        Ok(plan)
     }
 }
 
@@ -123,4 +152,32 @@ pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result
         image::build(&opts, &target)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Images planned with no Alpine mirror block the plan (with the fix) instead of failing
+    /// during apply; with the default mirror they do not.
+    #[test]
+    fn alpine_images_without_a_mirror_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootPrefix::new(dir.path());
+        let config = Config::default();
+        assert_eq!(
+            config.images.alpine_mirror,
+            crate::config::DEFAULT_ALPINE_MIRROR
+        );
+        let opts = image::BuildOptions::from_config(&root, &config);
+        let targets = image::plan(&opts, &["base".to_string()]).unwrap();
+        let blocked = mirror_checks(&targets, None);
+        assert_eq!(blocked.len(), 1, "{blocked:?}");
+        assert!(blocked[0].required && !blocked[0].ok);
+        assert!(blocked[0]
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("alpine_mirror") && f.contains("dl-cdn")));
+        assert!(mirror_checks(&targets, Some(crate::config::DEFAULT_ALPINE_MIRROR)).is_empty());
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use russh::keys::ssh_key::{rand_core::OsRng, Algorithm, LineEnding, PrivateKey};
 
-use crate::plan::fsops;
+use crate::fsops;
 
 /// Generates an ed25519 key pair in OpenSSH format: `path` (0600) and `path.pub` (0644). No
 /// passphrase: the runtime uses it unattended; the file mode is what protects it.
@@ -29,6 +29,27 @@ pub fn generate_ed25519(path: &Path, comment: &str) -> anyhow::Result<()> {
         0o644,
     )?;
     fsops::write_atomic(path, private.as_bytes(), 0o600)
+}
+
+/// The public half of the OpenSSH private key at `path`, as one `authorized_keys` line.
+pub fn public_half(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading private key {}", path.display()))?;
+    let key = PrivateKey::from_openssh(&text)
+        .with_context(|| format!("{} is not an OpenSSH private key", path.display()))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding public key")?;
+    Ok(format!("{public}\n"))
+}
+
+/// Writes `path.pub` (0644) from the private key at `path`, which is left untouched.
+pub fn write_public_half(path: &Path) -> anyhow::Result<()> {
+    let public = public_half(path)?;
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    fsops::write_atomic(Path::new(&pub_path), public.as_bytes(), 0o644)
 }
 
 #[cfg(test)]

@@ -1,12 +1,20 @@
 //! ngircd as the agents' IRC server: fireclaw's configuration and the operator password.
 
+use crate::fsops::{self, Existing};
 use crate::irc::ngircd::{render, NgircdParams};
-use crate::plan::fsops::{self, Existing};
-use crate::plan::{Ctx, Step, StepPlan};
+use crate::plan::files;
+use crate::plan::{Check, Ctx, Step, StepPlan};
 
 pub struct Ngircd;
 
-/// The operator password's file inside `paths.config_dir` (0600; read by the overseer).
+/// ngircd's unit, whose `Group=` may read the configuration.
+pub const UNIT: &str = "ngircd.service";
+
+/// Debian's base-passwd user and group ngircd runs as, when its unit is not installed yet.
+pub const DEFAULT_GROUP: &str = "irc";
+
+/// The operator password's file inside `paths.config_dir` (root's alone, 0600: read by the
+/// overseer; ngircd gets the password through its own configuration).
 pub const OPERATOR_PASSWORD_FILE: &str = "irc-operator.pass";
 
 const PASSWORD_LENGTH: usize = 32;
@@ -23,6 +31,22 @@ impl Step for Ngircd {
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
         let pass_path = format!("{}/{OPERATOR_PASSWORD_FILE}", ctx.config.paths.config_dir);
         let mut plan = StepPlan::default();
+        // Debian's and Ubuntu's unit start ngircd as `irc` from the first instruction: the
+        // configuration must be readable by that group, and by no one else (it holds the operator
+        // password).
+        let group = super::systemd::service_group(ctx, UNIT, DEFAULT_GROUP);
+        if crate::plan::action::file_owner(Some(&group)).is_err() {
+            plan.checks.push(Check {
+                name: "ngircd group".into(),
+                ok: false,
+                detail: format!("group {group} ({UNIT} runs ngircd as it) does not exist"),
+                fix: Some(format!(
+                    "install ngircd (`apt-get install ngircd`), which runs as {group}, then run provision again"
+                )),
+                required: true,
+            });
+            return Ok(plan);
+        }
         // Reuse the password on disk, so a re-run is a no-op; generate one (now, at plan time, so
         // the config written matches the password file written) when there is none.
         let password = match fsops::probe_file(&ctx.host(&pass_path)) {
@@ -60,7 +84,7 @@ impl Step for Ngircd {
             0o755,
             &mut plan.actions,
         )?;
-        if let Some(a) = fsops::plan_file_redacted(
+        if let Some(a) = files::plan_file_redacted(
             ctx,
             &pass_path,
             format!("{password}\n").into_bytes(),
@@ -79,7 +103,8 @@ impl Step for Ngircd {
                 &mut plan.actions,
             )?;
         }
-        if let Some(mut a) = fsops::plan_file_redacted(ctx, conf, text.into_bytes(), 0o600, redact)?
+        if let Some(mut a) =
+            files::plan_service_config(ctx, conf, text.into_bytes(), &group, redact)?
         {
             if super::systemd_active(ctx.root) {
                 if let crate::plan::Action::WriteFile {

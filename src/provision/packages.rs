@@ -131,13 +131,18 @@ impl Step for Packages {
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
         let Some(os) = preflight::os_release(ctx) else {
-            return Ok(StepPlan::default().note("no os-release: cannot pick a package list"));
+            return Ok(StepPlan::not_applicable(
+                "no os-release: cannot pick a package list",
+            ));
         };
         let Ok(wanted) = wanted(&os.id, &os.version_id) else {
-            return Ok(StepPlan::default().note(format!("no package list for {}", os.id)));
+            return Ok(StepPlan::not_applicable(format!(
+                "no package list for {}",
+                os.id
+            )));
         };
         if !ctx.root.is_system() {
-            return Ok(StepPlan::default().note(format!(
+            return Ok(StepPlan::not_applicable(format!(
                 "root prefix {}: packages are host-global and not managed here ({})",
                 ctx.root.dir().display(),
                 wanted.join(" ")
@@ -175,6 +180,23 @@ mod tests {
         for bad in ["", "a", "-rf", "Foo", "a b", "x;rm", "pkg/../"] {
             assert!(!is_package_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn under_a_root_prefix_packages_are_not_applicable_rather_than_done() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        let root = crate::root::RootPrefix::new(dir.path());
+        let config = crate::config::Config::default();
+        let ctx = Ctx::new(&root, &config, None, true);
+        let steps: Vec<Box<dyn Step>> = vec![Box::new(Packages)];
+        let plan = crate::plan::make_plan(&steps, &ctx, &Default::default()).unwrap();
+        assert_eq!(plan.steps[0].status, crate::plan::StepStatus::NotApplicable);
     }
 
     #[test]

@@ -116,8 +116,45 @@ fn free_bytes(mut path: &Path) -> Option<u64> {
     }
 }
 
+/// The root prefix must be a directory provision can write to; a missing or read-only `--root`
+/// would otherwise fail at the first write, after the dry-run said all was well.
+fn root_check(ctx: &Ctx) -> Option<Check> {
+    let dir = ctx.root.dir();
+    let problem = match std::fs::metadata(dir) {
+        Err(e) => Some(format!(
+            "{}: {}",
+            dir.display(),
+            crate::fsops::io_reason(&e)
+        )),
+        Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        Ok(_)
+            if ctx.privileged
+                && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() =>
+        {
+            Some(format!(
+                "{} is not writable (a read-only file system?)",
+                dir.display()
+            ))
+        }
+        Ok(_) => None,
+    }?;
+    let flag = if ctx.root.is_system() {
+        "the root directory"
+    } else {
+        "--root"
+    };
+    Some(check(
+        "root prefix",
+        false,
+        problem,
+        &format!("{flag} must name an existing, writable directory: create it, remount it read-write, or pass another --root"),
+        true,
+    ))
+}
+
 pub fn checks(ctx: &Ctx) -> Vec<Check> {
     let mut out = Vec::new();
+    out.extend(root_check(ctx));
     let os = os_release(ctx);
     let supported = os.as_ref().is_some_and(|os| {
         SUPPORTED

@@ -3,13 +3,9 @@
 use std::path::Path;
 
 use crate::plan::{Action, Ctx, Step, StepPlan};
-use crate::state::DB_FILE;
+use crate::state::db_path;
 
 pub struct StateDb;
-
-pub fn db_path(state_dir: &str) -> String {
-    format!("{}/{DB_FILE}", state_dir.trim_end_matches('/'))
-}
 
 impl Step for StateDb {
     fn name(&self) -> &'static str {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::plan::{fsops, Action, Ctx, Step, StepPlan};
+use crate::plan::{files, Action, Ctx, Step, StepPlan};
 
 pub struct Unit;
 
@@ -32,6 +32,38 @@ pub fn systemctl(args: &[String]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The group a distribution's service runs as: `Group=` (else `User=`) in the `[Service]` section
+/// of its installed unit (an override in /etc first), or `default` when the unit is not installed
+/// yet (the packages step installs it in the same run).
+pub fn service_group(ctx: &Ctx, unit: &str, default: &str) -> String {
+    [
+        "/etc/systemd/system",
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+    ]
+    .iter()
+    .find_map(|dir| std::fs::read_to_string(ctx.host(&format!("{dir}/{unit}"))).ok())
+    .and_then(|text| unit_group(&text))
+    .unwrap_or_else(|| default.to_string())
+}
+
+fn unit_group(text: &str) -> Option<String> {
+    let mut section = "";
+    let (mut user, mut group) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Service]" {
+            match line.split_once('=') {
+                Some(("User", v)) => user = Some(v.trim().to_string()),
+                Some(("Group", v)) => group = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    group.or(user).filter(|g| !g.is_empty())
 }
 
 pub fn is_enabled(unit: &str) -> bool {
@@ -68,7 +100,7 @@ impl Step for Unit {
         )?;
         let active = super::systemd_active(ctx.root);
         if let Some(mut a) =
-            fsops::plan_file(ctx, &path, render_unit(&binary)?.into_bytes(), 0o644)?
+            files::plan_file(ctx, &path, render_unit(&binary)?.into_bytes(), 0o644)?
         {
             if active {
                 if let Action::WriteFile {
@@ -96,6 +128,18 @@ impl Step for Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_services_group_comes_from_its_unit() {
+        let debian = "[Unit]\nDescription=x\n[Service]\nType=forking\nUser=irc\nGroup=irc\nExecStart=/usr/sbin/ngircd\n";
+        assert_eq!(unit_group(debian).as_deref(), Some("irc"));
+        assert_eq!(
+            unit_group("[Service]\nUser=ircd\n").as_deref(),
+            Some("ircd")
+        );
+        assert_eq!(unit_group("[Service]\nExecStart=/x\n"), None);
+        assert_eq!(unit_group("[Install]\nGroup=wheel\n"), None);
+    }
 
     #[test]
     fn unit_has_the_settings_the_runtime_relies_on() {

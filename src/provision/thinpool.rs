@@ -1,40 +1,27 @@
 //! The `thinpool` step: plan and apply the dm thin pool and the import of each built image.
 //! The engine itself lives in `storage::thin`; this is the glue to the plan and the journal.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 
 use crate::config::ThinPool;
 use crate::plan::{Action, Ctx, StepPlan};
-use crate::provision::state_db::db_path;
 use crate::root::RootPrefix;
+use crate::state::db_path;
 use crate::state::Db;
+use crate::storage::thin::recorded::{image_identity, recorded_spec};
 use crate::storage::thin::{
     self, store, EngineChoice, PoolGeometry, PoolSpec, ThinEngine, ThinError,
 };
 
-/// Identifies an image file's content cheaply (size and modification time): a rebuilt image gets
-/// a new identity and so a new thin volume, without hashing gigabytes while planning.
-pub fn image_identity(path: &Path) -> std::io::Result<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path)?;
-    Ok(format!(
-        "size {} mtime {}.{:09}",
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec()
-    ))
-}
-
 pub fn plan(ctx: &Ctx) -> anyhow::Result<StepPlan> {
     let t = &ctx.config.thinpool;
     if !t.enabled {
-        return Ok(StepPlan::default()
-            .note("thinpool.enabled = false: VM disks are reflink/sparse copies"));
+        return Ok(StepPlan::not_applicable(
+            "thinpool.enabled = false: VM disks are reflink/sparse copies",
+        ));
     }
     if let EngineChoice::ReflinkCopy { reason } = thin::choose_engine(ctx.config) {
-        return Ok(StepPlan::default().note(format!(
+        return Ok(StepPlan::not_applicable(format!(
             "no thin pool on this host ({reason}); VM disks are reflink/sparse copies"
         )));
     }
@@ -127,30 +114,6 @@ pub fn import(
     Ok(())
 }
 
-/// The pool's spec from its database row (geometry as created, whatever the config says now);
-/// the refusal threshold is policy, so it comes from the config in effect.
-pub fn recorded_spec(
-    db: &Db,
-    root: &RootPrefix,
-    state_dir: &str,
-    max_used_percent: u8,
-) -> anyhow::Result<PoolSpec> {
-    let defaults = ThinPool {
-        max_used_percent,
-        ..ThinPool::default()
-    };
-    let mut spec = spec(root, state_dir, &defaults)?;
-    if let Some(row) = store::pool(db, thin::DEFAULT_POOL_NAME)? {
-        spec.geometry = PoolGeometry {
-            data_sectors: row.data_sectors,
-            metadata_sectors: row.metadata_sectors,
-            block_sectors: row.block_sectors,
-            low_water_blocks: row.low_water_blocks,
-        };
-    }
-    Ok(spec)
-}
-
 /// The undo of [`create`]: idempotent, and works on a host that has lost device-mapper (then
 /// nothing of the pool can be active, so only rows and files are left to remove).
 pub fn destroy(root: &RootPrefix, state_dir: &str) -> anyhow::Result<()> {
@@ -168,9 +131,9 @@ pub fn destroy(root: &RootPrefix, state_dir: &str) -> anyhow::Result<()> {
         }
     }
     for f in ["data.img", "metadata.img", "pool.lock"] {
-        crate::plan::fsops::remove_file_if_exists(&dir.join(f))?;
+        crate::fsops::remove_file_if_exists(&dir.join(f))?;
     }
-    crate::plan::fsops::remove_dir_if_empty(&dir)
+    crate::fsops::remove_dir_if_empty(&dir)
 }
 
 #[cfg(test)]
@@ -180,7 +143,7 @@ mod tests {
     use crate::plan::Undo;
 
     #[test]
-    fn disabled_pool_plans_nothing() {
+    fn disabled_pool_plans_nothing_and_is_not_applicable() {
         let dir = tempfile::tempdir().unwrap();
         let root = RootPrefix::new(dir.path());
         let mut config = Config::default();
@@ -189,6 +152,8 @@ mod tests {
         let p = plan(&ctx).unwrap();
         assert!(p.actions.is_empty());
         assert!(p.notes[0].contains("reflink"));
+        // Not "already done": there is no pool and there will be none.
+        assert!(p.not_applicable);
     }
 
     #[test]
@@ -230,15 +195,5 @@ mod tests {
         // No state database: nothing is recorded, so only the files go.
         destroy(&root, "/var/lib/fireclaw").unwrap();
         assert!(!pool.exists());
-    }
-
-    #[test]
-    fn image_identity_changes_when_the_file_is_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("base.ext4");
-        std::fs::write(&f, b"one").unwrap();
-        let a = image_identity(&f).unwrap();
-        std::fs::write(&f, b"second build").unwrap();
-        assert_ne!(a, image_identity(&f).unwrap());
     }
 }

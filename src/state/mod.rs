@@ -12,6 +12,11 @@ pub use journal::{JournalEntry, JournalStatus};
 /// File name of the database inside `paths.state_dir`.
 pub const DB_FILE: &str = "state.db";
 
+/// The database's path for a configured `paths.state_dir` (a host path, before any root prefix).
+pub fn db_path(state_dir: &str) -> String {
+    format!("{}/{DB_FILE}", state_dir.trim_end_matches('/'))
+}
+
 /// Each entry upgrades the schema by one version; `PRAGMA user_version` records how many ran.
 /// Never edit a shipped migration: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -164,10 +169,12 @@ const MIGRATIONS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state database {path}: {source}")]
+    // The cause is part of the message and deliberately not a `#[source]`: `{:#}` would print it
+    // twice ("...: Not a directory (os error 20): Not a directory (os error 20)").
+    #[error("state database {path}: {reason}")]
     Sqlite {
         path: PathBuf,
-        source: rusqlite::Error,
+        reason: rusqlite::Error,
     },
     #[error("state database {path} has schema version {found}, newer than this fireclaw knows ({known}); upgrade fireclaw")]
     TooNew {
@@ -177,15 +184,18 @@ pub enum StateError {
     },
     #[error("state database {path} is readable by root only")]
     NoPermission { path: PathBuf },
-    #[error("cannot set the mode of {path}: {source}")]
+    #[error("cannot set the mode of {path}: {}", crate::fsops::io_reason(reason))]
     Mode {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot create state directory {path}: {source}")]
+    #[error(
+        "cannot create state directory {path}: {}",
+        crate::fsops::io_reason(reason)
+    )]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -198,9 +208,9 @@ impl Db {
     /// Opens (creating if needed) the database for writing and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Db, StateError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+            std::fs::create_dir_all(dir).map_err(|reason| StateError::CreateDir {
                 path: dir.to_path_buf(),
-                source,
+                reason,
             })?;
         }
         let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
@@ -208,9 +218,9 @@ impl Db {
         // operator password): the database is root's alone. SQLite gives -wal/-shm this mode too.
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| StateError::Mode {
+            |reason| StateError::Mode {
                 path: path.to_path_buf(),
-                source,
+                reason,
             },
         )?;
         let db = Db {
@@ -369,16 +379,16 @@ fn is_busy(e: &StateError) -> bool {
     matches!(
         e,
         StateError::Sqlite {
-            source: rusqlite::Error::SqliteFailure(f, _),
+            reason: rusqlite::Error::SqliteFailure(f, _),
             ..
         } if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
 }
 
-pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
+pub(crate) fn sqlite(path: &Path, reason: rusqlite::Error) -> StateError {
     StateError::Sqlite {
         path: path.to_path_buf(),
-        source,
+        reason,
     }
 }
 
@@ -391,6 +401,20 @@ pub(crate) fn now_unix() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An I/O cause appears once in the error chain, without its errno suffix twice.
+    #[test]
+    fn errors_do_not_repeat_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = match Db::open(&file.join("sub/state.db")) {
+            Err(e) => format!("{:#}", anyhow::Error::new(e)),
+            Ok(_) => panic!("opened a database under a file"),
+        };
+        assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+        assert!(!err.contains("os error"), "{err}");
+    }
 
     #[test]
     fn migrates_fresh_and_reopens() {

@@ -36,8 +36,7 @@ impl ThinDisks {
     }
 
     fn db_path(&self) -> PathBuf {
-        self.root
-            .host(crate::provision::state_db::db_path(&self.state_dir))
+        self.root.host(crate::state::db_path(&self.state_dir))
     }
 
     fn with_engine<T>(
@@ -45,7 +44,7 @@ impl ThinDisks {
         f: impl FnOnce(&ThinEngine) -> Result<T, ThinError>,
     ) -> Result<T, AdapterError> {
         let db = Db::open(&self.db_path())?;
-        let spec = crate::provision::thinpool::recorded_spec(
+        let spec = super::recorded::recorded_spec(
             &db,
             &self.root,
             &self.state_dir,
@@ -85,7 +84,7 @@ impl ThinDisks {
         let name = image_name(&image.to_string_lossy());
         // The volume must hold this very image: after a rebuild the pool still has the old one
         // until provision imports the new, and booting that would be booting a stale image.
-        let Ok(digest) = crate::provision::thinpool::image_identity(image) else {
+        let Ok(digest) = super::recorded::image_identity(image) else {
             return false;
         };
         super::store::has_tables(&db).unwrap_or(false)
