@@ -120,7 +120,7 @@ pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result
     };
     let opts = image::BuildOptions::from_config(root, config);
     for target in image::plan(&opts, &[name.to_string()])? {
-        image::build(&opts, &target)?;
+        image::build(&opts, &target, &crate::report::Tracing)?;
     }
     Ok(())
 }
