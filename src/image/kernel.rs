@@ -442,4 +442,85 @@ mod tests {
             .to_string();
         assert!(e.contains("source.toml:3") && e.contains("versoin"), "{e}");
     }
+
+    /// A kernel dir pinning `tarball` (placed at /usr/src/linux-test.tar.xz under `root`).
+    fn pinned(d: &Path, tarball: &Path) -> BuildOptions {
+        let root = d.join("root");
+        fs::create_dir_all(root.join("usr/src")).unwrap();
+        fs::copy(tarball, root.join("usr/src/linux-test.tar.xz")).unwrap();
+        let kdir = d.join("kernel");
+        fs::create_dir_all(&kdir).unwrap();
+        fs::write(
+            kdir.join("source.toml"),
+            format!(
+                "[source]\npackage = \"linux-source-test\"\nversion = \"1\"\n\
+                 path = \"/usr/src/linux-test.tar.xz\"\nsha256 = \"{}\"\ndir = \"linux\"\n\
+                 [config]\nbase = \"tinyconfig\"\nfragments = []\n",
+                fetch::sha256_file(tarball).unwrap()
+            ),
+        )
+        .unwrap();
+        BuildOptions {
+            root: crate::root::RootPrefix::new(&root),
+            recipes: Store::Dir(d.to_path_buf()),
+            kernel: Store::Dir(kdir),
+            cache_dir: d.join("cache"),
+            image_dir: d.join("images"),
+            authorized_keys: vec![],
+            guest_agent: None,
+            alpine_mirror: None,
+            debian_mirror: None,
+            source_date_epoch: crate::image::DEFAULT_SOURCE_DATE_EPOCH,
+            jobs: 1,
+        }
+    }
+
+    #[test]
+    fn kernel_source_goes_through_the_safe_extractor_into_the_same_layout() {
+        use tar::EntryType;
+        let d = tempfile::tempdir().unwrap();
+        let good = crate::archive::extract_all_tests::tar_xz(
+            d.path(),
+            &[(
+                "linux/Makefile",
+                EntryType::Regular,
+                b"# no kernel here\n",
+                None,
+            )],
+        );
+        let opts = pinned(d.path(), &good);
+        let plan = plan_kernel(&opts).unwrap();
+        // make fails on this stand-in tree; what matters is what was extracted, and where.
+        let _ = build_kernel(&opts, &plan, &crate::report::Silent);
+        let sha = fetch::sha256_file(&good).unwrap();
+        let tree = opts.cache_dir.join("kernel-src").join(&sha);
+        assert_eq!(
+            fs::read(tree.join("linux/Makefile")).unwrap(),
+            b"# no kernel here\n"
+        );
+        assert!(tree.join(".fireclaw-extracted").is_file());
+
+        let d = tempfile::tempdir().unwrap();
+        let evil = crate::archive::extract_all_tests::tar_xz(
+            d.path(),
+            &[
+                ("linux/Makefile", EntryType::Regular, b"x", None),
+                ("linux/../../escaped", EntryType::Regular, b"x", None),
+            ],
+        );
+        let opts = pinned(d.path(), &evil);
+        let plan = plan_kernel(&opts).unwrap();
+        let e = format!(
+            "{:#}",
+            build_kernel(&opts, &plan, &crate::report::Silent).unwrap_err()
+        );
+        assert!(
+            e.contains("refusing the archive") && e.contains("escaped"),
+            "{e}"
+        );
+        let sha = fetch::sha256_file(&evil).unwrap();
+        let tree = opts.cache_dir.join("kernel-src").join(&sha);
+        assert!(!tree.join(".fireclaw-extracted").exists());
+        assert!(!opts.cache_dir.join("escaped").exists());
+    }
 }
