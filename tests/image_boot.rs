@@ -135,7 +135,7 @@ fn debian_test_guest_runs_the_static_guest_agent() {
         "health answers JSON: {text}"
     );
     assert!(
-        text.contains("exec su -s /bin/sh agent -c '/usr/local/bin/fireclaw-guest run"),
+        text.contains("exec su -s /bin/sh agent -c 'exec /usr/local/bin/fireclaw-guest run"),
         "{text}"
     );
     // Without /etc/fireclaw/agent.toml the agent exits; the init restarts it, waiting longer
