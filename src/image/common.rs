@@ -143,3 +143,35 @@ pub fn kernel_store() -> Store {
         label: "kernel",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_comes_only_through_env_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.images.alpine_mirror = "https://config.example/alpine".into();
+        let mut o = BuildOptions::from_config(&RootPrefix::new(d.path()), &config);
+        assert_eq!(o.source_date_epoch, DEFAULT_SOURCE_DATE_EPOCH);
+        assert_eq!(
+            o.alpine_mirror.as_deref(),
+            Some("https://config.example/alpine")
+        );
+        let env = |k: &str| match k {
+            "FIRECLAW_ALPINE_MIRROR" => Some("file:///srv/alpine".to_string()),
+            "SOURCE_DATE_EPOCH" => Some("1700000000".to_string()),
+            _ => None,
+        };
+        o.env_overrides(&env).unwrap();
+        assert_eq!(o.alpine_mirror.as_deref(), Some("file:///srv/alpine"));
+        assert_eq!(o.source_date_epoch, 1_700_000_000);
+        let bad = |k: &str| (k == "SOURCE_DATE_EPOCH").then(|| "yesterday".to_string());
+        let e = o.env_overrides(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("SOURCE_DATE_EPOCH") && e.contains("yesterday"),
+            "{e}"
+        );
+    }
+}
