@@ -52,8 +52,11 @@ fn build_action(ctx: &Ctx, id: String, target: &image::Target) -> Option<Action>
     })
 }
 
-fn options(ctx: &Ctx) -> image::BuildOptions {
-    image::BuildOptions::from_config(ctx.root, ctx.config)
+fn options(root: &RootPrefix, config: &Config) -> anyhow::Result<image::BuildOptions> {
+    let mut o = image::BuildOptions::from_config(root, config);
+    // FIRECLAW_ALPINE_MIRROR and SOURCE_DATE_EPOCH apply to provision as to `fireclaw image build`.
+    o.env_overrides(&|k| std::env::var(k).ok())?;
+    Ok(o)
 }
 
 impl Step for Kernel {
@@ -66,7 +69,10 @@ impl Step for Kernel {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let targets = image::plan(&options(ctx), &[image::KERNEL.to_string()])?;
+        let targets = image::plan(
+            &options(ctx.root, ctx.config)?,
+            &[image::KERNEL.to_string()],
+        )?;
         Ok(StepPlan::with_actions(
             targets
                 .iter()
@@ -86,7 +92,7 @@ impl Step for Images {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let targets = image::plan(&options(ctx), &ctx.config.images.recipes)?;
+        let targets = image::plan(&options(ctx.root, ctx.config)?, &ctx.config.images.recipes)?;
         Ok(StepPlan::with_actions(
             targets
                 .iter()
@@ -118,7 +124,7 @@ pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result
             .strip_prefix("image:")
             .with_context(|| format!("unknown builder {other:?}"))?,
     };
-    let opts = image::BuildOptions::from_config(root, config);
+    let opts = options(root, config)?;
     for target in image::plan(&opts, &[name.to_string()])? {
         image::build(&opts, &target, &crate::report::Tracing)?;
     }
