@@ -5,6 +5,8 @@
 # Usage: ci/boot-check.sh KERNEL IMAGE MANIFEST PRIVATE_KEY [USER]
 # Env:   BOOT_TIMEOUT  seconds before giving up (default 180; TCG is slow)
 #        SERIAL_LOG    where the guest console goes (default: a temp file, printed on failure)
+#        GUEST_CHECK   a shell command run in the guest over the same SSH login once it answers;
+#                      its output is printed as `boot-check: guest: ...` and a failure fails the check
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
@@ -70,3 +72,11 @@ until out=$(ssh "${ssh_opts[@]}" "$user@127.0.0.1" 'echo ok; id -un; cat /etc/ho
 done
 sshed=$(date +%s%N)
 echo "boot-check: SSH login as $(echo "$out" | sed -n 2p) on $(echo "$out" | sed -n 3p) after $(((sshed - start) / 1000000)) ms (host key pinned from the manifest)"
+
+if [[ -n ${GUEST_CHECK:-} ]]; then
+  # shellcheck disable=SC2029 # the command is meant to run in the guest as given
+  if ! got=$(ssh "${ssh_opts[@]}" "$user@127.0.0.1" "$GUEST_CHECK" 2>&1); then
+    fail "GUEST_CHECK failed: $got"
+  fi
+  while IFS= read -r line; do echo "boot-check: guest: $line"; done <<<"$got"
+fi

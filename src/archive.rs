@@ -1,4 +1,4 @@
-//! Safe extraction from (gzip-compressed) tarballs. Archives come from the network: an entry with an
+//! Safe extraction from tarballs (plain, gzip or xz). Archives come from the network: an entry with an
 //! absolute path, a `..` component, or a link pointing out of the destination is refused, never
 //! "sanitised", because an archive that tries it is not the archive that was pinned. Device nodes
 //! are only accepted under `dev/` of a root filesystem tree.
@@ -12,10 +12,10 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context as _;
 use flate2::read::GzDecoder;
-use indicatif::ProgressBar;
 use tar::{Archive, EntryType};
 
 use crate::fsops;
+use crate::report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -170,14 +170,25 @@ fn open_any(tarball: &Path) -> Result<Box<dyn Read>, ExtractError> {
         }
     };
     let mut f = fs::File::open(tarball).map_err(io("opening"))?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(io("reading"))?;
+    let mut magic = [0u8; 6];
+    let mut n = 0;
+    while n < magic.len() {
+        let got = f.read(&mut magic[n..]).map_err(io("reading"))?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
     f.seek(SeekFrom::Start(0)).map_err(io("seeking"))?;
     let reader = BufReader::new(f);
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(GzDecoder::new(reader)))
-    } else {
-        Ok(Box::new(reader))
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => Ok(Box::new(GzDecoder::new(reader))),
+        // The kernel source (linux-source-*.tar.xz) comes through here, so it gets the same checks
+        // as every other archive instead of a `tar -xJf`.
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Ok(Box::new(
+            liblzma::read::XzDecoder::new_multi_decoder(reader),
+        )),
+        _ => Ok(Box::new(reader)),
     }
 }
 
@@ -228,6 +239,7 @@ pub fn extract_all(
     tarball: &Path,
     dir: &Path,
     policy: ExtractPolicy,
+    rep: &dyn Reporter,
 ) -> Result<ExtractStats, ExtractError> {
     let io = |what: String| {
         let archive = tarball.to_path_buf();
@@ -244,14 +256,16 @@ pub fn extract_all(
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
-    let bar = ProgressBar::new_spinner();
-    bar.set_message(format!(
-        "extract {}",
-        tarball
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
+    let bar = rep.progress(
+        &format!(
+            "extract {}",
+            tarball
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ),
+        None,
+    );
     let mut stats = ExtractStats::default();
     let entries = archive.entries().map_err(io("reading entries".into()))?;
     for entry in entries {
@@ -302,11 +316,10 @@ pub fn extract_all(
         }
         stats.entries += 1;
         if stats.entries % 256 == 0 {
-            bar.set_message(format!("extract: {} entries", stats.entries));
-            bar.tick();
+            bar.set_message(&format!("{} entries", stats.entries));
         }
     }
-    bar.finish_and_clear();
+    drop(bar);
     Ok(stats)
 }
 
@@ -412,8 +425,9 @@ pub(crate) mod tests {
 }
 
 #[cfg(test)]
-mod extract_all_tests {
+pub(crate) mod extract_all_tests {
     use super::*;
+    use crate::report::Silent;
     use flate2::write::GzEncoder;
     use std::fs::File;
     use std::io::Write;
@@ -422,7 +436,25 @@ mod extract_all_tests {
     fn tarball(dir: &Path, entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> PathBuf {
         let path = dir.join("t.tar.gz");
         let f = File::create(&path).unwrap();
-        let mut b = tar::Builder::new(GzEncoder::new(f, flate2::Compression::fast()));
+        let b = tar_of(GzEncoder::new(f, flate2::Compression::fast()), entries);
+        b.finish().unwrap().flush().unwrap();
+        path
+    }
+
+    /// The same as a .tar.xz (the kernel source's format).
+    pub(crate) fn tar_xz(
+        dir: &Path,
+        entries: &[(&str, EntryType, &[u8], Option<&str>)],
+    ) -> PathBuf {
+        let path = dir.join("t.tar.xz");
+        let f = File::create(&path).unwrap();
+        let b = tar_of(liblzma::write::XzEncoder::new(f, 1), entries);
+        b.finish().unwrap().flush().unwrap();
+        path
+    }
+
+    fn tar_of<W: Write>(w: W, entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> W {
+        let mut b = tar::Builder::new(w);
         for (name, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
@@ -437,8 +469,7 @@ mod extract_all_tests {
             h.set_cksum();
             b.append(&h, *data).unwrap();
         }
-        b.into_inner().unwrap().finish().unwrap().flush().unwrap();
-        path
+        b.into_inner().unwrap()
     }
 
     #[test]
@@ -464,7 +495,7 @@ mod extract_all_tests {
             ],
         );
         let out = d.path().join("out");
-        let s = extract_all(&t, &out, ExtractPolicy::FILES).unwrap();
+        let s = extract_all(&t, &out, ExtractPolicy::FILES, &Silent).unwrap();
         assert_eq!(s.entries, 4);
         assert_eq!(
             fs::read_to_string(out.join("etc/alpine-release")).unwrap(),
@@ -476,11 +507,40 @@ mod extract_all_tests {
         );
     }
 
+    #[test]
+    fn xz_goes_through_the_same_checks() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tar_xz(
+            d.path(),
+            &[
+                ("linux/Makefile", EntryType::Regular, b"all:\n", None),
+                ("linux/up", EntryType::Symlink, b"", Some("Makefile")),
+            ],
+        );
+        let out = d.path().join("out");
+        let s = extract_all(&t, &out, ExtractPolicy::FILES, &Silent).unwrap();
+        assert_eq!(s.entries, 2);
+        assert_eq!(fs::read(out.join("linux/Makefile")).unwrap(), b"all:\n");
+
+        let evil = tar_xz(
+            d.path(),
+            &[
+                ("linux/Makefile", EntryType::Regular, b"x", None),
+                ("../escaped", EntryType::Regular, b"x", None),
+            ],
+        );
+        let err = extract_all(&evil, &d.path().join("out2"), ExtractPolicy::FILES, &Silent)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`..`") && err.contains("refusing"), "{err}");
+        assert!(!d.path().join("escaped").exists());
+    }
+
     fn refused(entries: &[(&str, EntryType, &[u8], Option<&str>)], why: &str) {
         let d = tempfile::tempdir().unwrap();
         let t = tarball(d.path(), entries);
         let out = d.path().join("out");
-        let err = extract_all(&t, &out, ExtractPolicy::ROOTFS).unwrap_err();
+        let err = extract_all(&t, &out, ExtractPolicy::ROOTFS, &Silent).unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
         assert!(!d.path().join("escaped").exists());
     }
@@ -528,6 +588,6 @@ mod extract_all_tests {
                 ("evil/escaped", EntryType::Regular, b"x", None),
             ],
         );
-        assert!(extract_all(&t, &d.path().join("out"), ExtractPolicy::FILES).is_err());
+        assert!(extract_all(&t, &d.path().join("out"), ExtractPolicy::FILES, &Silent).is_err());
     }
 }

@@ -9,9 +9,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
+
+use crate::report::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -72,9 +73,14 @@ pub fn cached_path(cache_dir: &Path, sha256: &str) -> PathBuf {
     cache_dir.join(DOWNLOADS_DIR).join(sha256)
 }
 
-/// Returns the verified file for `sha256`, downloading it from `url` if it is not cached.
+/// Returns the verified file for `sha256`, downloading it from `url` if it is not cached. Progress
+/// goes to `tracing`; [`Cache::fetch`] takes the caller's reporter.
 pub fn fetch_verified(url: &str, sha256: &str, cache_dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(Cache::new(cache_dir.join(DOWNLOADS_DIR)).fetch(url, &Pin::Sha256(sha256.to_string()))?)
+    Ok(Cache::new(cache_dir.join(DOWNLOADS_DIR)).fetch(
+        url,
+        &Pin::Sha256(sha256.to_string()),
+        &crate::report::Tracing,
+    )?)
 }
 
 /// The digest a download must have.
@@ -178,7 +184,7 @@ impl Cache {
     }
 
     /// Returns the cached file for `pin`, downloading `url` first when it is not cached.
-    pub fn fetch(&self, url: &str, pin: &Pin) -> Result<PathBuf, FetchError> {
+    pub fn fetch(&self, url: &str, pin: &Pin, rep: &dyn Reporter) -> Result<PathBuf, FetchError> {
         pin.validate()?;
         if let Some(p) = self.lookup(pin) {
             return Ok(p);
@@ -191,7 +197,7 @@ impl Cache {
             source,
         })?;
         let tmp = tempfile_in(&parent)?;
-        let result = self.download_to(url, pin, &tmp);
+        let result = self.download_to(url, pin, &tmp, rep);
         match result {
             Ok(()) => {
                 tmp.persist(&final_path).map_err(|e| FetchError::Io {
@@ -206,7 +212,13 @@ impl Cache {
         }
     }
 
-    fn download_to(&self, url: &str, pin: &Pin, dest: &Path) -> Result<(), FetchError> {
+    fn download_to(
+        &self,
+        url: &str,
+        pin: &Pin,
+        dest: &Path,
+        rep: &dyn Reporter,
+    ) -> Result<(), FetchError> {
         let io_err = |what: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| FetchError::Io { what, path, source }
@@ -214,7 +226,10 @@ impl Cache {
         let mut out = fs::File::create(dest).map_err(io_err("writing", dest))?;
         let mut hasher = Hasher::new(pin);
         let (mut reader, len): (Box<dyn Read>, Option<u64>) = open_url(url)?;
-        let bar = progress_bar(len, url);
+        let bar = rep.progress(
+            &format!("download {}", url.rsplit('/').next().unwrap_or(url)),
+            len,
+        );
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader
@@ -228,7 +243,7 @@ impl Cache {
             bar.inc(n as u64);
         }
         out.sync_all().map_err(io_err("syncing", dest))?;
-        bar.finish_and_clear();
+        drop(bar);
         let actual = hasher.finish();
         if actual != pin.hex() {
             return Err(FetchError::Mismatch {
@@ -309,19 +324,6 @@ fn open_url(url: &str) -> Result<(Box<dyn Read>, Option<u64>), FetchError> {
     Ok((Box::new(reader), len))
 }
 
-fn progress_bar(len: Option<u64>, url: &str) -> ProgressBar {
-    let name = url.rsplit('/').next().unwrap_or(url).to_string();
-    let bar = match len {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        ),
-        None => ProgressBar::new_spinner(),
-    };
-    bar.set_message(format!("download {name}"));
-    bar
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,11 +386,11 @@ mod tests {
         let cache = Cache::new(dir.path().join("cache"));
         let good = Pin::Sha256(sha256_hex(b"hello"));
         let url = format!("file://{}", src.display());
-        let p = cache.fetch(&url, &good).unwrap();
+        let p = cache.fetch(&url, &good, &crate::report::Silent).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         // Cached: the source can go away.
         fs::remove_file(&src).unwrap();
-        assert_eq!(cache.fetch(&url, &good).unwrap(), p);
+        assert_eq!(cache.fetch(&url, &good, &crate::report::Silent).unwrap(), p);
     }
 
     #[test]
@@ -398,7 +400,9 @@ mod tests {
         fs::write(&src, b"hello").unwrap();
         let cache = Cache::new(dir.path().join("cache"));
         let bad = Pin::Sha256(sha256_hex(b"other"));
-        let err = cache.fetch(src.to_str().unwrap(), &bad).unwrap_err();
+        let err = cache
+            .fetch(src.to_str().unwrap(), &bad, &crate::report::Silent)
+            .unwrap_err();
         assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
         assert!(err.to_string().contains(&sha256_hex(b"hello")));
         let left: Vec<_> = fs::read_dir(dir.path().join("cache")).unwrap().collect();
@@ -412,7 +416,9 @@ mod tests {
         fs::write(&src, b"mini").unwrap();
         let pin = Pin::Sha512(hex::encode(Sha512::digest(b"mini")));
         let cache = Cache::new(dir.path().join("cache"));
-        let p = cache.fetch(src.to_str().unwrap(), &pin).unwrap();
+        let p = cache
+            .fetch(src.to_str().unwrap(), &pin, &crate::report::Silent)
+            .unwrap();
         assert!(p
             .file_name()
             .unwrap()
@@ -422,7 +428,12 @@ mod tests {
         fs::write(&p, b"evil").unwrap();
         assert!(cache.lookup(&pin).is_none());
         assert_eq!(
-            fs::read(cache.fetch(src.to_str().unwrap(), &pin).unwrap()).unwrap(),
+            fs::read(
+                cache
+                    .fetch(src.to_str().unwrap(), &pin, &crate::report::Silent)
+                    .unwrap()
+            )
+            .unwrap(),
             b"mini"
         );
     }

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fireclaw::image::{self, build, manifest::Manifest, BuildOptions, Store};
+use fireclaw::report::Silent;
 use fireclaw::root::RootPrefix;
 use support::image::*;
 use support::require;
@@ -103,8 +104,8 @@ mode = "0600"
 "#,
     )
     .unwrap();
-    let agent_bin = base.join("guest-agent");
-    fs::write(&agent_bin, b"#!/bin/sh\necho guest agent\n").unwrap();
+    // Any static x86-64 binary stands in for the guest agent; the builder refuses dynamic ones.
+    let agent_bin = PathBuf::from(BUSYBOX);
     let opts = BuildOptions {
         root: RootPrefix::new(&base),
         recipes: Store::Dir(recipes),
@@ -129,7 +130,7 @@ mode = "0600"
 
 fn build_one(opts: &BuildOptions, name: &str) -> anyhow::Result<Manifest> {
     let plan = build::plan_image(opts, name)?;
-    build::build_image(opts, &plan)
+    build::build_image(opts, &plan, &Silent)
 }
 
 fn stat_field(image: &Path, path: &str, field: &str) -> String {
@@ -226,8 +227,8 @@ fn alpine_path_builds_what_the_recipe_asks_for_reproducibly() {
         .contains("PasswordAuthentication no"));
     // Files, services, mounts, hostname.
     assert_eq!(
-        debugfs(&img, "cat /usr/local/bin/fireclaw-guest"),
-        "#!/bin/sh\necho guest agent\n"
+        stat_field(&img, "/usr/local/bin/fireclaw-guest", "Size:"),
+        fs::metadata(BUSYBOX).unwrap().len().to_string()
     );
     assert_eq!(stat_field(&img, "/home/agent/notes.txt", "Mode:"), "0600");
     assert!(debugfs(&img, "cat /etc/fireclaw/services/sshd").contains("exec /usr/sbin/sshd -D -e"));
@@ -238,7 +239,7 @@ fn alpine_path_builds_what_the_recipe_asks_for_reproducibly() {
     // Unchanged inputs: nothing to do. Forced rebuild: the same bytes.
     let plan = build::plan_image(&fx.opts, "mini-agent").unwrap();
     assert!(plan.up_to_date, "{}", plan.reason);
-    let again = build::build_image(&fx.opts, &plan).unwrap();
+    let again = build::build_image(&fx.opts, &plan, &Silent).unwrap();
     assert_eq!(
         again.sha256, m.sha256,
         "same recipe and sources must give the same image"
@@ -385,4 +386,90 @@ fn a_failed_rebuild_keeps_the_previous_image() {
     let img = fx.opts.image_dir.join("mini.ext4");
     assert_eq!(fireclaw::fetch::sha256_file(&img).unwrap(), good.sha256);
     let _ = image::KERNEL;
+}
+
+#[test]
+#[ignore = "host tier: needs root, mkfs.ext4, debugfs, chroot and busybox-static; run with --include-ignored"]
+fn the_callers_umask_does_not_reach_the_image() {
+    let Some(fx) = fixture() else { return };
+    let relaxed = build_one(&fx.opts, "mini").unwrap_or_else(|e| panic!("{e:#}"));
+    let img = fx.opts.image_dir.join("mini.ext4");
+    assert_eq!(stat_field(&img, "/etc/fireclaw", "Mode:"), "0755");
+    // umask is per process: restored right after, and the build is the only thing this test does.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let plan = build::plan_image(&fx.opts, "mini").unwrap();
+    let strict = build::build_image(&fx.opts, &plan, &Silent);
+    nix::sys::stat::umask(old);
+    let strict = strict.unwrap_or_else(|e| panic!("{e:#}"));
+    for dir in [
+        "/",
+        "/etc/fireclaw",
+        "/etc/fireclaw/services",
+        "/etc/ssh/sshd_config.d",
+    ] {
+        assert_eq!(stat_field(&img, dir, "Mode:"), "0755", "{dir}");
+    }
+    assert_eq!(
+        strict.sha256, relaxed.sha256,
+        "umask 077 must give the same image as umask 022"
+    );
+}
+
+#[test]
+#[ignore = "host tier: needs root, mkfs.ext4, debugfs, chroot, unshare and busybox-static; run with --include-ignored"]
+fn a_file_mirror_serves_the_packages_inside_the_chroot() {
+    let Some(mut fx) = fixture() else { return };
+    if !require("host", &[("unshare", support::have("unshare"))]) {
+        return;
+    }
+    let (mirror, rel) = local_mirror(&fx.base, &fx.tar_path);
+    let p = fx.base.join("recipes/mini.toml");
+    let text = fs::read_to_string(&p).unwrap().replace(
+        &format!("file://{}", fx.tar_path.display()),
+        &format!("${{ALPINE_MIRROR}}/{rel}"),
+    );
+    fs::write(&p, text).unwrap();
+    let url = format!("file://{}", mirror.display());
+    fx.opts.alpine_mirror = Some(url.clone());
+    let m = build_one(&fx.opts, "mini").unwrap_or_else(|e| panic!("{e:#}"));
+    let img = fx.opts.image_dir.join("mini.ext4");
+    assert_eq!(m.sources[0].origin, format!("{url}/{rel}"));
+    // apk read both repositories' indexes from the mirror, as the chroot sees it.
+    let log = debugfs(&img, "cat /var/log/fake-apk.log");
+    assert!(
+        log.contains("index /.fireclaw-mirror/v3.24/main\n")
+            && log.contains("index /.fireclaw-mirror/v3.24/community\n"),
+        "{log}"
+    );
+    // The image keeps the operator's mirror, not the install-time view; the mount point is gone
+    // and no mount outlived the build.
+    assert_eq!(
+        debugfs(&img, "cat /etc/apk/repositories"),
+        format!("{url}/v3.24/main\n{url}/v3.24/community\n")
+    );
+    assert!(!debugfs(&img, "ls /").contains(".fireclaw-mirror"));
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&fx.base.display().to_string()), "{mounts}");
+    assert!(leftovers(&fx.opts.cache_dir.join("staging")).is_empty());
+}
+
+#[test]
+#[ignore = "host tier: needs root, mkfs.ext4, debugfs, chroot and busybox-static; run with --include-ignored"]
+fn ssh_without_an_ssh_server_is_refused_naming_the_recipe() {
+    let Some(fx) = fixture() else { return };
+    let p = fx.base.join("recipes/mini.toml");
+    // The fake apk is what drops an sshd; without packages the tree has none.
+    let text = fs::read_to_string(&p)
+        .unwrap()
+        .replace("[packages]\ninstall = [\"openssh-server\"]\n", "");
+    fs::write(fx.base.join("recipes/nossh.toml"), text).unwrap();
+    let e = format!("{:#}", build_one(&fx.opts, "nossh").unwrap_err());
+    assert!(
+        e.contains("nossh.toml")
+            && e.contains("[ssh]")
+            && e.contains("/usr/sbin/sshd")
+            && e.contains("openssh-server"),
+        "{e}"
+    );
+    assert_no_image(&fx, "nossh");
 }

@@ -39,10 +39,79 @@ fn shipped_recipes_are_valid() {
         "inherited from base"
     );
     assert!(agent.mounts.iter().any(|m| m.path == "/workspace"));
-    assert!(agent
-        .files
-        .iter()
-        .any(|f| f.builtin.as_deref() == Some("guest-agent")));
+    // Both agent images (Alpine `agent`, Debian `debian-test`) carry the guest agent and start it
+    // as the unprivileged `agent` user.
+    for n in ["agent", "debian-test"] {
+        let r = recipe::load(&s, n).unwrap();
+        assert!(
+            r.files
+                .iter()
+                .any(|f| f.builtin.as_deref() == Some("guest-agent")
+                    && f.dest == "/usr/local/bin/fireclaw-guest"),
+            "{n}"
+        );
+        let svc = r
+            .services
+            .iter()
+            .find(|s| s.name == "fireclaw-guest")
+            .unwrap_or_else(|| panic!("{n}: no fireclaw-guest service"));
+        assert_eq!(svc.user.as_deref(), Some("agent"), "{n}: never root");
+        assert!(
+            svc.command
+                .contains("/usr/local/bin/fireclaw-guest run --config /etc/fireclaw/agent.toml"),
+            "{n}: {}",
+            svc.command
+        );
+        assert!(r.users.iter().any(|u| u.name == "agent"), "{n}");
+        assert!(r.mounts.iter().any(|m| m.path == "/workspace"), "{n}");
+    }
+}
+
+/// fireclaw-init's restart loop, run on its own with `sleep` replaced by a recorder: a service that
+/// exits at once is restarted after 1, 2, 4 ... seconds, capped at 60, never in a tight loop.
+#[test]
+fn init_restarts_a_crashing_service_with_backoff() {
+    let init = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rootfs-recipes/files/fireclaw-init"
+    ))
+    .unwrap();
+    let begin = init.find("# BEGIN run_service").expect("marker");
+    let end = init.find("# END run_service").expect("marker");
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let calls = d.path().join("sleeps");
+    // The 8th sleep ends the loop (kills the shell running it).
+    let sleep = format!(
+        "#!/bin/sh\necho \"$1\" >> {c}\n[ \"$(wc -l < {c})\" -ge 8 ] && kill -TERM $PPID\nexit 0\n",
+        c = calls.display()
+    );
+    let svc = d.path().join("crashing");
+    fs::write(&svc, "#!/bin/sh\nexit 3\n").unwrap();
+    fs::write(bin.join("sleep"), sleep).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [&svc, &bin.join("sleep")] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = format!(
+        "log() {{ echo \"$*\" >&2; }}\n{}\nrun_service {}\n",
+        &init[begin..end],
+        svc.display()
+    );
+    let out = std::process::Command::new("timeout")
+        .args(["20", "sh", "-c", &script])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    let delays = fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(
+        delays.split_whitespace().collect::<Vec<_>>(),
+        ["1", "2", "4", "8", "16", "32", "60", "60"],
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("crashing exited with status 3"));
 }
 
 #[test]

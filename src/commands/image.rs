@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 
+use crate::commands::shell::Shell;
 use crate::commands::Env;
 use crate::image::{self, manifest, BuildOptions, Store, Target};
 
@@ -84,7 +85,10 @@ pub struct BuildArgs {
     /// OpenSSH public key(s) to authorize in the image (default: the guest key in the config dir).
     #[arg(long = "authorized-key", value_name = "FILE")]
     pub authorized_keys: Vec<PathBuf>,
-    /// Binary installed for `builtin = "guest-agent"` files (default: this fireclaw binary).
+    /// Static guest agent binary installed for `builtin = "guest-agent"` files (default: the
+    /// workspace's musl build, target/x86_64-unknown-linux-musl/release/fireclaw-guest, found
+    /// from this fireclaw's own target directory; build it with
+    /// `cargo build --release -p fireclaw-guest --target x86_64-unknown-linux-musl`).
     #[arg(long, value_name = "FILE")]
     pub guest_agent: Option<PathBuf>,
     /// Alpine mirror base URL for `${ALPINE_MIRROR}` in recipes and the image's apk repositories.
@@ -115,9 +119,11 @@ pub fn run(env: &Env, args: &ImageArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Build options from the config, then the flags over them.
+/// Build options from the config, then the environment (`FIRECLAW_ALPINE_MIRROR`,
+/// `SOURCE_DATE_EPOCH`), then the flags over them.
 pub fn options(env: &Env, b: &BuildArgs) -> anyhow::Result<BuildOptions> {
     let mut o = BuildOptions::from_config(&env.root, &env.config);
+    o.env_overrides(&|k| std::env::var(k).ok())?;
     if let Some(d) = &b.recipes {
         o.recipes = Store::Dir(d.clone());
     }
@@ -192,8 +198,9 @@ fn build(env: &Env, b: &BuildArgs) -> anyhow::Result<i32> {
     if !env.privileged {
         bail!("building images needs root (file ownership, chroot); --dry-run shows the plan without it");
     }
+    let shell = Shell::new();
     for t in todo {
-        image::build(&opts, t).with_context(|| format!("building {}", t.name()))?;
+        image::build(&opts, t, &shell).with_context(|| format!("building {}", t.name()))?;
     }
     Ok(0)
 }
@@ -279,10 +286,11 @@ fn bench(env: &Env, a: &BenchArgs) -> anyhow::Result<i32> {
     opts.image_dir = scratch.join("images");
     let names = [a.recipe.clone()];
 
+    let shell = Shell::new();
     let t0 = Instant::now();
     let plan = image::plan(&opts, &names)?;
     for t in &plan {
-        image::build(&opts, t)?;
+        image::build(&opts, t, &shell)?;
     }
     let full = t0.elapsed();
 
@@ -296,7 +304,7 @@ fn bench(env: &Env, a: &BenchArgs) -> anyhow::Result<i32> {
 
     let t2 = Instant::now();
     for t in &plan {
-        image::build(&opts, t)?;
+        image::build(&opts, t, &shell)?;
     }
     let forced = t2.elapsed();
     let m: manifest::Manifest =

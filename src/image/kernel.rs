@@ -11,31 +11,23 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use indicatif::ProgressBar;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::build::BuildOptions;
+use super::common::BuildOptions;
 use super::manifest::{self, KernelManifest};
 use super::Store;
+use crate::archive::{self, ExtractPolicy};
 use crate::fetch;
+use crate::report::Reporter;
 
 /// Bumped when the kernel build procedure changes its output for the same inputs.
 pub const KERNEL_BUILDER_FORMAT: u32 = 1;
 
-pub const EMBEDDED: &[(&str, &str)] = &[
-    ("source.toml", include_str!("../../kernel/source.toml")),
-    (
-        "fireclaw-guest.config",
-        include_str!("../../kernel/fireclaw-guest.config"),
-    ),
-];
+pub use super::common::KERNEL_FILES as EMBEDDED;
 
 pub fn embedded() -> Store {
-    Store::Embedded {
-        files: EMBEDDED,
-        label: "kernel",
-    }
+    super::common::kernel_store()
 }
 
 /// `kernel/source.toml`.
@@ -227,7 +219,11 @@ pub fn missing_options(fragments: &[(String, String)], final_config: &str) -> Ve
     out
 }
 
-pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<KernelManifest> {
+pub fn build_kernel(
+    opts: &BuildOptions,
+    plan: &KernelPlan,
+    rep: &dyn Reporter,
+) -> anyhow::Result<KernelManifest> {
     let pin = &plan.source.source;
     let tarball = opts.root.host(&pin.path);
     if !tarball.is_file() {
@@ -238,10 +234,7 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
             pin.version
         );
     }
-    let bar = ProgressBar::new_spinner();
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar.set_message(format!("kernel: verifying {}", tarball.display()));
-    eprintln!("kernel: verifying {}", tarball.display());
+    rep.status(&format!("kernel: verifying {}", tarball.display()));
     let actual =
         fetch::sha256_file(&tarball).with_context(|| format!("hashing {}", tarball.display()))?;
     if actual != pin.sha256 {
@@ -255,18 +248,16 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
     }
     let tree = opts.cache_dir.join("kernel-src").join(&pin.sha256);
     let marker = tree.join(".fireclaw-extracted");
+    // Same layout as before (`<tree>/<dir>` plus the marker), so a warm cache stays valid.
     if !marker.is_file() {
-        bar.set_message("kernel: extracting source");
-        eprintln!("kernel: extracting source into {}", tree.display());
+        rep.status(&format!(
+            "kernel: extracting source into {}",
+            tree.display()
+        ));
         let _ = fs::remove_dir_all(&tree);
         fs::create_dir_all(&tree)?;
-        let mut c = Command::new("tar");
-        c.arg("-xJf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&tree)
-            .arg("--no-same-owner");
-        run_quiet(c, "tar -xJf (kernel source)")?;
+        archive::extract_all(&tarball, &tree, ExtractPolicy::FILES, rep)
+            .with_context(|| format!("extracting the kernel source {}", tarball.display()))?;
         fs::write(&marker, b"")?;
     }
     let ksrc = tree.join(&pin.dir);
@@ -285,7 +276,7 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
     let _cleanup = Cleanup(build.clone());
 
     let started = Instant::now();
-    bar.set_message(format!("kernel: make {}", plan.source.config.base));
+    rep.status(&format!("kernel: make {}", plan.source.config.base));
     let mut c = make(&ksrc, &build);
     c.arg(&plan.source.config.base);
     run_quiet(c, "make tinyconfig")?;
@@ -316,7 +307,10 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
         );
     }
 
-    eprintln!("kernel: building with -j{}", opts.jobs);
+    let bar = rep.progress(
+        &format!("kernel: make -j{} vmlinux bzImage", opts.jobs),
+        None,
+    );
     let mut c = make(&ksrc, &build);
     c.arg(format!("-j{}", opts.jobs))
         .args(["vmlinux", "bzImage"])
@@ -337,12 +331,12 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
     if let Some(out) = child.stdout.take() {
         for l in BufReader::new(out).lines().map_while(Result::ok) {
             n += 1;
-            bar.set_message(format!("kernel: [{n}] {}", l.trim()));
+            bar.set_message(&format!("[{n}] {}", l.trim()));
         }
     }
     let status = child.wait()?;
     let errs = err_thread.join().unwrap_or_default();
-    bar.finish_and_clear();
+    drop(bar);
     if !status.success() {
         let tail = errs[errs.len().saturating_sub(20)..].join("\n");
         bail!("kernel build failed: {tail}");
@@ -380,10 +374,9 @@ pub fn build_kernel(opts: &BuildOptions, plan: &KernelPlan) -> anyhow::Result<Ke
         ),
     };
     manifest::write(&plan.manifest_path, &m)?;
-    eprintln!(
-        "kernel: built in {secs}s: vmlinux {} bytes, bzImage {} bytes",
-        vm_len, bz_len
-    );
+    rep.status(&format!(
+        "kernel: built in {secs}s: vmlinux {vm_len} bytes, bzImage {bz_len} bytes"
+    ));
     Ok(m)
 }
 
@@ -448,5 +441,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("source.toml:3") && e.contains("versoin"), "{e}");
+    }
+
+    /// A kernel dir pinning `tarball` (placed at /usr/src/linux-test.tar.xz under `root`).
+    fn pinned(d: &Path, tarball: &Path) -> BuildOptions {
+        let root = d.join("root");
+        fs::create_dir_all(root.join("usr/src")).unwrap();
+        fs::copy(tarball, root.join("usr/src/linux-test.tar.xz")).unwrap();
+        let kdir = d.join("kernel");
+        fs::create_dir_all(&kdir).unwrap();
+        fs::write(
+            kdir.join("source.toml"),
+            format!(
+                "[source]\npackage = \"linux-source-test\"\nversion = \"1\"\n\
+                 path = \"/usr/src/linux-test.tar.xz\"\nsha256 = \"{}\"\ndir = \"linux\"\n\
+                 [config]\nbase = \"tinyconfig\"\nfragments = []\n",
+                fetch::sha256_file(tarball).unwrap()
+            ),
+        )
+        .unwrap();
+        BuildOptions {
+            root: crate::root::RootPrefix::new(&root),
+            recipes: Store::Dir(d.to_path_buf()),
+            kernel: Store::Dir(kdir),
+            cache_dir: d.join("cache"),
+            image_dir: d.join("images"),
+            authorized_keys: vec![],
+            guest_agent: None,
+            alpine_mirror: None,
+            debian_mirror: None,
+            source_date_epoch: crate::image::DEFAULT_SOURCE_DATE_EPOCH,
+            jobs: 1,
+        }
+    }
+
+    #[test]
+    fn kernel_source_goes_through_the_safe_extractor_into_the_same_layout() {
+        use tar::EntryType;
+        let d = tempfile::tempdir().unwrap();
+        let good = crate::archive::extract_all_tests::tar_xz(
+            d.path(),
+            &[(
+                "linux/Makefile",
+                EntryType::Regular,
+                b"# no kernel here\n",
+                None,
+            )],
+        );
+        let opts = pinned(d.path(), &good);
+        let plan = plan_kernel(&opts).unwrap();
+        // make fails on this stand-in tree; what matters is what was extracted, and where.
+        let _ = build_kernel(&opts, &plan, &crate::report::Silent);
+        let sha = fetch::sha256_file(&good).unwrap();
+        let tree = opts.cache_dir.join("kernel-src").join(&sha);
+        assert_eq!(
+            fs::read(tree.join("linux/Makefile")).unwrap(),
+            b"# no kernel here\n"
+        );
+        assert!(tree.join(".fireclaw-extracted").is_file());
+
+        let d = tempfile::tempdir().unwrap();
+        let evil = crate::archive::extract_all_tests::tar_xz(
+            d.path(),
+            &[
+                ("linux/Makefile", EntryType::Regular, b"x", None),
+                ("linux/../../escaped", EntryType::Regular, b"x", None),
+            ],
+        );
+        let opts = pinned(d.path(), &evil);
+        let plan = plan_kernel(&opts).unwrap();
+        let e = format!(
+            "{:#}",
+            build_kernel(&opts, &plan, &crate::report::Silent).unwrap_err()
+        );
+        assert!(
+            e.contains("refusing the archive") && e.contains("escaped"),
+            "{e}"
+        );
+        let sha = fetch::sha256_file(&evil).unwrap();
+        let tree = opts.cache_dir.join("kernel-src").join(&sha);
+        assert!(!tree.join(".fireclaw-extracted").exists());
+        assert!(!opts.cache_dir.join("escaped").exists());
     }
 }

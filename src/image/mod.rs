@@ -6,13 +6,18 @@
 //! functions (which do the work) through [`Builder`].
 
 pub mod build;
+mod common;
+pub mod guest_agent;
 pub mod kernel;
 pub mod manifest;
 pub mod recipe;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{BuildOptions, ImagePlan};
+use crate::report::Reporter;
+
+pub use build::ImagePlan;
+pub use common::{BuildOptions, DEFAULT_SOURCE_DATE_EPOCH};
 pub use kernel::KernelPlan;
 pub use manifest::{KernelManifest, Manifest};
 
@@ -152,11 +157,12 @@ pub fn plan(opts: &BuildOptions, names: &[String]) -> anyhow::Result<Vec<Target>
         .collect()
 }
 
-/// Builds a planned target (whether or not it is up to date: callers skip those they want to).
-pub fn build(opts: &BuildOptions, target: &Target) -> anyhow::Result<()> {
+/// Builds a planned target (whether or not it is up to date: callers skip those they want to),
+/// telling `rep` what it does.
+pub fn build(opts: &BuildOptions, target: &Target, rep: &dyn Reporter) -> anyhow::Result<()> {
     match target {
-        Target::Kernel(p) => kernel::build_kernel(opts, p).map(|_| ()),
-        Target::Image(p) => build::build_image(opts, p).map(|_| ()),
+        Target::Kernel(p) => kernel::build_kernel(opts, p, rep).map(|_| ()),
+        Target::Image(p) => build::build_image(opts, p, rep).map(|_| ()),
     }
 }
 

@@ -77,8 +77,11 @@ fn mirror_checks(targets: &[image::Target], mirror: Option<&str>) -> Vec<Check> 
     checks
 }
 
-fn options(ctx: &Ctx) -> image::BuildOptions {
-    image::BuildOptions::from_config(ctx.root, ctx.config)
+fn options(root: &RootPrefix, config: &Config) -> anyhow::Result<image::BuildOptions> {
+    let mut o = image::BuildOptions::from_config(root, config);
+    // FIRECLAW_ALPINE_MIRROR and SOURCE_DATE_EPOCH apply to provision as to `fireclaw image build`.
+    o.env_overrides(&|k| std::env::var(k).ok())?;
+    Ok(o)
 }
 
 impl Step for Kernel {
@@ -91,7 +94,10 @@ impl Step for Kernel {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let targets = image::plan(&options(ctx), &[image::KERNEL.to_string()])?;
+        let targets = image::plan(
+            &options(ctx.root, ctx.config)?,
+            &[image::KERNEL.to_string()],
+        )?;
         Ok(StepPlan::with_actions(
             targets
                 .iter()
@@ -111,7 +117,7 @@ impl Step for Images {
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
-        let opts = options(ctx);
+        let opts = options(ctx.root, ctx.config)?;
         let targets = image::plan(&opts, &ctx.config.images.recipes)?;
         let mut plan = StepPlan::with_actions(
             targets
@@ -147,9 +153,9 @@ pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result
             .strip_prefix("image:")
             .with_context(|| format!("unknown builder {other:?}"))?,
     };
-    let opts = image::BuildOptions::from_config(root, config);
+    let opts = options(root, config)?;
     for target in image::plan(&opts, &[name.to_string()])? {
-        image::build(&opts, &target)?;
+        image::build(&opts, &target, &crate::report::Tracing)?;
     }
     Ok(())
 }

@@ -50,8 +50,9 @@ pub fn debugfs(image: &Path, request: &str) -> String {
 }
 
 /// A tree shaped like an Alpine minirootfs: busybox with absolute applet links, etc/alpine-release,
-/// passwd/group/shadow, and an `sbin/apk` that records what it was asked to install (and drops a
-/// stand-in sshd), so the package step runs for real in a chroot without a mirror.
+/// passwd/group/shadow, and an `sbin/apk` that records what it was asked to install and which of
+/// its repositories it can read an index from (and drops a stand-in sshd), so the package step
+/// runs for real in a chroot without a mirror.
 pub fn minirootfs_tree(dir: &Path) -> PathBuf {
     let t = dir.join("minirootfs");
     for d in [
@@ -88,6 +89,9 @@ pub fn minirootfs_tree(dir: &Path) -> PathBuf {
         "#!/bin/sh\n# stand-in for apk: records the request, installs a fake sshd\n\
          echo \"apk $*\" >> /var/log/fake-apk.log\n\
          [ -e /dev/null ] || exit 3\n\
+         for r in $(cat /etc/apk/repositories); do\n\
+           [ -f \"$r/x86_64/APKINDEX.tar.gz\" ] && echo \"index $r\" >> /var/log/fake-apk.log\n\
+         done\n\
          mkdir -p /usr/sbin /etc/ssh\n\
          echo '#!/bin/sh' > /usr/sbin/sshd\n\
          chmod 755 /usr/sbin/sshd\n",
@@ -115,3 +119,19 @@ pub fn tarball(tree: &Path, out: &Path) -> (PathBuf, String) {
 
 /// An ed25519 public key line for authorized_keys.
 pub const TEST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhY0qqtj8cvCqXq6gG5rW0o1ZsxJ0i7XhnS2b0q6n5C fireclaw-test";
+
+/// A directory shaped like an Alpine mirror (`<branch>/releases/x86_64/<minirootfs>`,
+/// `<branch>/{main,community}/x86_64/APKINDEX.tar.gz`) holding `tarball`; returns the mirror root
+/// and the minirootfs URL relative to it.
+pub fn local_mirror(dir: &Path, tarball: &Path) -> (PathBuf, &'static str) {
+    const REL: &str = "v3.24/releases/x86_64/alpine-minirootfs-3.24.2-x86_64.tar.gz";
+    let m = dir.join("mirror");
+    fs::create_dir_all(m.join(REL).parent().unwrap()).unwrap();
+    fs::copy(tarball, m.join(REL)).unwrap();
+    for repo in ["main", "community"] {
+        let d = m.join("v3.24").join(repo).join("x86_64");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("APKINDEX.tar.gz"), b"index").unwrap();
+    }
+    (m, REL)
+}
