@@ -10,7 +10,8 @@ use crate::commands::Env;
 use crate::vm::image::{self, Overrides};
 use crate::vm::ssh::{self, Exit};
 use crate::vm::{self, Host, LaunchOptions, Machine};
-use crate::vmm::{Boot, VmmKind};
+use crate::vmm::firecracker::Jailer;
+use crate::vmm::{Boot, EngineOptions, VmmKind};
 
 /// Exit code when the timeout ends the run (as timeout(1) does).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -33,19 +34,46 @@ struct Summary {
     outcome: String,
 }
 
-pub fn host(env: &Env) -> Host {
-    Host {
+pub fn host(env: &Env) -> anyhow::Result<Host> {
+    Ok(Host {
         root: env.root.clone(),
         config: env.config.clone(),
         db_path: env.db_path(),
+        engines: engine_options(env)?,
+    })
+}
+
+/// The engines as provision installed them, with the environment's overrides:
+/// `FIRECLAW_FIRECRACKER=PATH` (the binary) and `FIRECLAW_JAILER=UID:GID` (run it under
+/// `<bin_dir>/jailer`, chroots in /srv/jailer, the jailer's default).
+pub fn engine_options(env: &Env) -> anyhow::Result<EngineOptions> {
+    let bin_dir = env.root.host(&env.config.paths.bin_dir);
+    let mut opts = EngineOptions::installed(&bin_dir);
+    if let Some(fc) = std::env::var_os("FIRECLAW_FIRECRACKER") {
+        opts.firecracker.binary = fc.into();
     }
+    if let Ok(v) = std::env::var("FIRECLAW_JAILER") {
+        let ids = v
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+        let Some((uid, gid)) = ids else {
+            anyhow::bail!("FIRECLAW_JAILER must be UID:GID (numbers), got {v:?}");
+        };
+        opts.firecracker.jailer = Some(Jailer {
+            binary: bin_dir.join("jailer"),
+            uid,
+            gid,
+            chroot_base: "/srv/jailer".into(),
+        });
+    }
+    Ok(opts)
 }
 
 pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
     if !env.privileged {
         anyhow::bail!("fireclaw run creates a tap device and needs root: run it with sudo");
     }
-    let host = host(env);
+    let host = host(env)?;
     // Leftovers of a fireclaw that was killed: clean them before making more.
     let report = vm::gc(&host, false, None)?;
     if !report.removed.is_empty() {
