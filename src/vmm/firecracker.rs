@@ -353,7 +353,7 @@ impl Vmm for Firecracker {
 
     fn remove_leftovers(&self, id: &str) -> Result<(), VmmError> {
         match &self.jailer {
-            Some(j) => j.jail(&self.binary, id)?.remove(),
+            Some(j) => j.jail(&self.binary, id)?.kill_and_remove(),
             None => Ok(()),
         }
     }

@@ -143,7 +143,8 @@ pub trait Vmm: Send + Sync {
     /// snapshot). On error nothing this call spawned is left running.
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn Instance>, VmmError>;
     /// Removes what the engine keeps outside the VM's run dir for machine `id` (Firecracker's
-    /// jail), for teardown and `gc` after the process is gone. Idempotent.
+    /// jail, killing what still runs in it), for teardown and `gc` of a machine that is being
+    /// removed. Idempotent.
     fn remove_leftovers(&self, _id: &str) -> Result<(), VmmError> {
         Ok(())
     }

@@ -131,6 +131,35 @@ impl Jail {
         }
     }
 
+    /// Kills whatever still runs in the jail (a Firecracker whose fireclaw died: its command
+    /// line names no run dir, so only its root or working directory finds it), then removes the
+    /// jail. For a machine being torn down; never for one that may still be wanted.
+    pub fn kill_and_remove(&self) -> Result<(), VmmError> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        for pid in self.processes() {
+            kill_and_wait(pid)?;
+        }
+        self.remove()
+    }
+
+    /// Processes whose root (the jailer's chroot) or working directory is inside the jail.
+    pub fn processes(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                ["root", "cwd"].iter().any(|link| {
+                    std::fs::read_link(format!("/proc/{pid}/{link}"))
+                        .is_ok_and(|p| p.starts_with(&self.dir))
+                })
+            })
+            .collect()
+    }
+
     /// A fresh jail holding everything `spec` needs; returns the spec as the jailed Firecracker
     /// sees it. A jail left by an earlier machine with this id is removed first.
     pub fn stage(&self, spec: &VmSpec) -> Result<VmSpec, VmmError> {
@@ -260,6 +289,30 @@ impl Jail {
             what: format!("chown {}", path.display()),
             source: e.into(),
         })
+    }
+}
+
+/// SIGKILL, then wait until the process is gone or a zombie (it need not be our child).
+fn kill_and_wait(pid: u32) -> Result<(), VmmError> {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let start = std::time::Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            });
+        match state {
+            None | Some(true) => return Ok(()),
+            Some(false) if start.elapsed() > std::time::Duration::from_secs(10) => {
+                return Err(VmmError::Unsupported(format!(
+                    "process {pid} in a jail did not die after SIGKILL"
+                )))
+            }
+            Some(false) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
     }
 }
 
