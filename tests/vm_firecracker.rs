@@ -31,12 +31,12 @@ const CONTRACT: &str =
     "contract: needs Firecracker's swagger file (FIRECLAW_FC_SWAGGER or ../shared/reference)";
 
 /// Not a test: the stand-in Firecracker process the engine tests start (this binary, run again
-/// with `FAKE_FC_ARGS` set). Run on its own it does nothing.
+/// with `FAKE_FC` set). Run on its own it does nothing.
 #[test]
 #[ignore = "the stand-in firecracker process; the engine tests start it"]
 fn stand_in_firecracker() {
-    if let Ok(args) = std::env::var("FAKE_FC_ARGS") {
-        stand_in::main(&args);
+    if std::env::var_os("FAKE_FC").is_some() {
+        stand_in::main();
     }
 }
 
@@ -364,6 +364,9 @@ fn start_sends_the_sequence_to_the_api_socket() {
     let s = w.spec("vm1", "disk-a.img", Boot::Kernel);
     let fc = w.engine("firecracker", &[]);
     let mut inst = fc.start(&s).unwrap();
+    // Its command line names the run dir, as the real one's does: that is how `gc` finds it.
+    let mentioning = || fireclaw::vm::processes_mentioning(&s.run_dir.to_string_lossy());
+    assert_eq!(mentioning(), vec![inst.pid()]);
     let seen = w.requests();
     let expected = Firecracker::start_calls(&s);
     assert_eq!(seen.len(), expected.len(), "{seen:?}");
@@ -373,6 +376,7 @@ fn start_sends_the_sequence_to_the_api_socket() {
     }
     inst.kill().unwrap();
     assert!(!s.run_dir.join("api.sock").exists());
+    assert!(mentioning().is_empty());
 }
 
 /// Item 16: Firecracker writes its log to a file of its own; the console is the guest's alone.

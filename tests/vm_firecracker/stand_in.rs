@@ -5,8 +5,8 @@
 //! Exact wording of messages is approximate; what is mimicked is when they happen.
 //!
 //! The Firecracker stand-in is this test binary run again as its `stand_in_firecracker` test (a
-//! shell wrapper named like the real binary passes its arguments in `FAKE_FC_ARGS`), so it needs
-//! nothing but the test itself:
+//! shell wrapper named like the real binary sets `FAKE_FC=1` and passes its arguments after
+//! `--`), so it needs nothing but the test itself:
 //! - stdout is the guest's serial console; without `--log-path` its own log goes to stdout too,
 //!   with it to that file, which must already exist (docs: logger.md "create the resource
 //!   first"; issue 8 item 16).
@@ -50,13 +50,13 @@ pub fn firecracker(dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
     let mut script = String::from(
         "#!/bin/sh\n# Stand-in for Firecracker v1.16.1 (tests/vm_firecracker/stand_in.rs).\n",
     );
-    script.push_str("FAKE_FC_ARGS=$(printf '%s\\n' \"$@\")\nexport FAKE_FC_ARGS\n");
+    script.push_str("FAKE_FC=1\nexport FAKE_FC\n");
     for (k, v) in env {
         script.push_str(&format!("{k}='{v}'\nexport {k}\n"));
     }
     // The guest console is fd 3; the test harness's own chatter goes nowhere.
     script.push_str(&format!(
-        "exec 3>&1 >/dev/null\nexec '{}' --ignored --exact stand_in_firecracker --nocapture --test-threads=1 -q\n",
+        "exec 3>&1 >/dev/null\nexec '{}' --ignored --exact --nocapture --test-threads=1 -q stand_in_firecracker -- \"$@\"\n",
         exe.display()
     ));
     executable(&dir.join(name), &script)
@@ -104,9 +104,12 @@ fn executable(path: &Path, script: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-/// The stand-in process's main, when this test binary runs as one.
-pub fn main(args: &str) -> ! {
-    std::process::exit(run(args.lines().map(String::from).collect()))
+/// The stand-in process's main, when this test binary runs as one: Firecracker's arguments are
+/// the ones after `--` (to the test harness they are filters that match nothing, and they keep
+/// the process's command line like the real one's).
+pub fn main() -> ! {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    std::process::exit(run(args))
 }
 
 struct Machine {
