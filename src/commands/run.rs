@@ -47,17 +47,26 @@ pub fn host(env: &Env) -> anyhow::Result<Host> {
 /// `FIRECLAW_FIRECRACKER=PATH` (the binary) and `FIRECLAW_JAILER=UID:GID` (run it under
 /// `<bin_dir>/jailer`, chroots in /srv/jailer, the jailer's default).
 pub fn engine_options(env: &Env) -> anyhow::Result<EngineOptions> {
-    let bin_dir = env.root.host(&env.config.paths.bin_dir);
-    let mut opts = EngineOptions::installed(&bin_dir);
-    if let Some(fc) = std::env::var_os("FIRECLAW_FIRECRACKER") {
+    engine_options_from(&env.root.host(&env.config.paths.bin_dir), |k| {
+        std::env::var_os(k)
+    })
+}
+
+fn engine_options_from(
+    bin_dir: &std::path::Path,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> anyhow::Result<EngineOptions> {
+    let mut opts = EngineOptions::installed(bin_dir);
+    if let Some(fc) = var("FIRECLAW_FIRECRACKER") {
         opts.firecracker.binary = fc.into();
     }
-    if let Ok(v) = std::env::var("FIRECLAW_JAILER") {
+    if let Some(v) = var("FIRECLAW_JAILER") {
+        let v = v.to_string_lossy();
         let ids = v
             .split_once(':')
             .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
         let Some((uid, gid)) = ids else {
-            anyhow::bail!("FIRECLAW_JAILER must be UID:GID (numbers), got {v:?}");
+            anyhow::bail!("FIRECLAW_JAILER must be UID:GID (two numbers), got {v:?}");
         };
         opts.firecracker.jailer = Some(Jailer {
             binary: bin_dir.join("jailer"),
@@ -363,6 +372,35 @@ fn fail(mut machine: Machine, message: &str) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_options_come_from_the_caller_and_bad_jailer_ids_are_errors() {
+        let bin = std::path::Path::new("/opt/fc");
+        let none = engine_options_from(bin, |_| None).unwrap();
+        assert_eq!(none.firecracker.binary, bin.join("firecracker"));
+        assert!(none.firecracker.jailer.is_none());
+        let set = engine_options_from(bin, |k| match k {
+            "FIRECLAW_FIRECRACKER" => Some("/x/firecracker-v1.16.1-x86_64".into()),
+            "FIRECLAW_JAILER" => Some("123:456".into()),
+            _ => None,
+        })
+        .unwrap();
+        let j = set.firecracker.jailer.unwrap();
+        assert_eq!((j.uid, j.gid, j.binary), (123, 456, bin.join("jailer")));
+        assert_eq!(
+            set.firecracker.binary,
+            std::path::PathBuf::from("/x/firecracker-v1.16.1-x86_64")
+        );
+        for bad in ["123", "a:b", "1:2:3", ""] {
+            let e = engine_options_from(bin, |k| (k == "FIRECLAW_JAILER").then(|| bad.into()))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("FIRECLAW_JAILER must be UID:GID"), "{bad}: {e}");
+        }
+    }
+
     use crate::cli::{Cli, Command};
     use clap::Parser;
 
