@@ -456,6 +456,25 @@ fn a_firecracker_that_exits_at_start_is_reported_at_once_with_its_log() {
     assert!(err.contains("Permission denied opening /dev/kvm"), "{err}");
 }
 
+/// A Firecracker that lives but never listens: a timeout that says where it waited and what
+/// Firecracker last logged, and nothing left running.
+#[test]
+fn a_firecracker_that_never_listens_times_out_with_its_log() {
+    let w = World::new();
+    let s = w.spec("vm1", "disk-a.img", Boot::Kernel);
+    let mut fc = w.engine("firecracker", &[("FAKE_FC_HANG", "1")]);
+    fc.api_timeout = Duration::from_millis(500);
+    let err = fc.start(&s).err().unwrap();
+    assert!(matches!(err, VmmError::Timeout { .. }), "{err:?}");
+    let err = err.to_string();
+    assert!(
+        err.contains(&*s.run_dir.join("api.sock").to_string_lossy()),
+        "{err}"
+    );
+    assert!(err.contains("stuck before binding the API socket"), "{err}");
+    assert!(fireclaw::vm::processes_mentioning(&s.run_dir.to_string_lossy()).is_empty());
+}
+
 /// Item 14: the jailer names the chroot after the exec file, whatever the binary is called.
 #[test]
 fn jailed_start_finds_the_chroot_named_after_the_exec_file() {

@@ -413,15 +413,18 @@ fn wait_socket(
         };
         if start.elapsed() > timeout {
             let tail = tail();
+            let log = if tail.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its log ends: {}",
+                    tail.lines().collect::<Vec<_>>().join(" | ")
+                )
+            };
             return Err(VmmError::Timeout {
                 what: format!(
-                    "a listening API socket at {} (last attempt: {last}){}",
-                    sock.display(),
-                    if tail.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; Firecracker's log ends:\n{tail}\n")
-                    }
+                    "Firecracker listening on {} (last attempt: {last}{log})",
+                    sock.display()
                 ),
                 after: timeout,
             });

@@ -44,7 +44,7 @@ use fireclaw::vmm::firecracker::requests::*;
 /// Writes an executable `firecracker` stand-in called `name` into `dir`. `env` adds settings:
 /// `FAKE_FC_RECORD` (a file that receives every request as a JSON line), `FAKE_FC_FAULT`
 /// (`METHOD PATH|status|body`: answer that request so), `FAKE_FC_EXIT_AFTER_BIND` (log a fatal
-/// error and exit once the socket is bound).
+/// error and exit once the socket is bound), `FAKE_FC_HANG` (never bind it).
 pub fn firecracker(dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let mut script = String::from(
@@ -171,6 +171,12 @@ fn run(args: Vec<String>) -> i32 {
         return 1;
     };
     let sock = m.host(&sock);
+    if std::env::var_os("FAKE_FC_HANG").is_some() {
+        let _ = writeln!(m.log, "[{id}:main] stuck before binding the API socket");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     if sock.exists() {
         let _ = writeln!(
             m.log,
