@@ -319,7 +319,11 @@ impl World {
 
     /// The same, under the stand-in jailer with chroots in `<dir>/jails`.
     fn jailed(&self, name: &str) -> Firecracker {
-        let mut fc = self.engine(name, &[]);
+        self.jailed_with(name, &[])
+    }
+
+    fn jailed_with(&self, name: &str, env: &[(&str, &str)]) -> Firecracker {
+        let mut fc = self.engine(name, env);
         fc.jailer = Some(Jailer {
             binary: stand_in::jailer(&self.path("bin")),
             uid: nix::unistd::getuid().as_raw(),
@@ -547,6 +551,37 @@ fn jails_are_removed_and_a_reused_id_starts() {
     assert!(inst.exited().is_some());
     drop(inst);
     assert!(fireclaw::vmm::remove_leftovers(&opts, "vm1").is_empty());
+}
+
+/// A jailed start that fails, while staging or at the API, leaves no jail and no process.
+#[test]
+fn a_failed_jailed_start_leaves_no_jail() {
+    let w = World::new();
+    let jail = w.path("jails/firecracker/vm1");
+    let missing = w.spec("vm1", "no-such-disk.img", Boot::Kernel);
+    let err = w
+        .jailed("firecracker")
+        .start(&missing)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no-such-disk.img"), "{err}");
+    assert!(!jail.exists());
+
+    let s = w.spec("vm1", "disk-a.img", Boot::Kernel);
+    let fault =
+        r#"{"fault_message":"Unable to create the network device: Open tap device failed"}"#;
+    let fc = w.jailed_with(
+        "firecracker",
+        &[(
+            "FAKE_FC_FAULT",
+            &format!("PUT /network-interfaces/eth0|400|{fault}"),
+        )],
+    );
+    let err = fc.start(&s).err().unwrap().to_string();
+    assert!(err.contains("Open tap device failed"), "{err}");
+    assert!(!jail.exists());
+    assert_eq!(std::fs::metadata(w.path("disk-a.img")).unwrap().nlink(), 1);
 }
 
 /// Item 11: under the jailer, snapshots are written inside the chroot and moved out, and a

@@ -332,11 +332,7 @@ impl Vmm for Firecracker {
         })();
         if let Err(e) = result {
             kill_child(&mut child);
-            // Firecracker's last words are in the error; the jail goes with the failed start.
-            let e = match e {
-                VmmError::Api { .. } => with_log(e, &layout.log, spec),
-                e => e,
-            };
+            // The jail goes with the failed start (an exit's log tail is already in the error).
             remove_jail(&layout.jail);
             return Err(e);
         }
@@ -356,26 +352,6 @@ impl Vmm for Firecracker {
             Some(j) => j.jail(&self.binary, id)?.kill_and_remove(),
             None => Ok(()),
         }
-    }
-}
-
-/// An API error from a start that failed, with what Firecracker logged about it.
-fn with_log(e: VmmError, log: &Path, spec: &VmSpec) -> VmmError {
-    let tail = failure_tail(log, spec);
-    match e {
-        VmmError::Api {
-            method,
-            path,
-            error: ApiError::Fault { status, message },
-        } if !tail.is_empty() => VmmError::Api {
-            method,
-            path,
-            error: ApiError::Fault {
-                status,
-                message: format!("{message}; Firecracker's log ends:\n{tail}"),
-            },
-        },
-        e => e,
     }
 }
 

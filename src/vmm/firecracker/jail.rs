@@ -164,6 +164,13 @@ impl Jail {
     /// sees it. A jail left by an earlier machine with this id is removed first.
     pub fn stage(&self, spec: &VmSpec) -> Result<VmSpec, VmmError> {
         self.remove()?;
+        self.fill(spec).inspect_err(|_| {
+            // Half a jail is of no use to anyone, and holds hard links to what it got.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        })
+    }
+
+    fn fill(&self, spec: &VmSpec) -> Result<VmSpec, VmmError> {
         std::fs::create_dir_all(&self.root)
             .map_err(io(format!("creating jail {}", self.root.display())))?;
         // Firecracker's logger writes to an existing file (its docs: create it first).
