@@ -26,9 +26,10 @@
 //! - `GET /vm/config` reports the drives and network interfaces (swagger: FullVmConfiguration).
 //!
 //! The jailer stand-in is a shell script: it names the chroot `<chroot_base>/<exec file
-//! name>/<id>/root` (issue 8 item 14), creates `dev/net/tun` in it and fails with "File exists"
-//! when a reused jail already has one (the real jailer's mknod; issue 8 item 12), copies the exec
-//! file in, and runs it there. It does not chroot or drop privileges (that needs root and would
+//! name>/<id>/root` (docs: jailer.md; issue 8 item 14), creates `dev/net/tun` in it and fails
+//! with "File exists" when a reused jail already has one (the real jailer's mknod; issue 8 item
+//! 12), copies the exec file in as `<exec file name>` and execs that with `--id <id>` and the
+//! arguments after `--` (docs: jailer.md). It does not chroot or drop privileges (that needs root and would
 //! hide the test binary from itself); the Firecracker stand-in resolves paths under the chroot
 //! instead.
 
