@@ -10,7 +10,8 @@ use crate::commands::Env;
 use crate::vm::image::{self, Overrides};
 use crate::vm::ssh::{self, Exit};
 use crate::vm::{self, Host, LaunchOptions, Machine};
-use crate::vmm::{Boot, VmmKind};
+use crate::vmm::firecracker::Jailer;
+use crate::vmm::{Boot, EngineOptions, VmmKind};
 
 /// Exit code when the timeout ends the run (as timeout(1) does).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -33,19 +34,55 @@ struct Summary {
     outcome: String,
 }
 
-pub fn host(env: &Env) -> Host {
-    Host {
+pub fn host(env: &Env) -> anyhow::Result<Host> {
+    Ok(Host {
         root: env.root.clone(),
         config: env.config.clone(),
         db_path: env.db_path(),
+        engines: engine_options(env)?,
+    })
+}
+
+/// The engines as provision installed them, with the environment's overrides:
+/// `FIRECLAW_FIRECRACKER=PATH` (the binary) and `FIRECLAW_JAILER=UID:GID` (run it under
+/// `<bin_dir>/jailer`, chroots in /srv/jailer, the jailer's default).
+pub fn engine_options(env: &Env) -> anyhow::Result<EngineOptions> {
+    engine_options_from(&env.root.host(&env.config.paths.bin_dir), |k| {
+        std::env::var_os(k)
+    })
+}
+
+fn engine_options_from(
+    bin_dir: &std::path::Path,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> anyhow::Result<EngineOptions> {
+    let mut opts = EngineOptions::installed(bin_dir);
+    if let Some(fc) = var("FIRECLAW_FIRECRACKER") {
+        opts.firecracker.binary = fc.into();
     }
+    if let Some(v) = var("FIRECLAW_JAILER") {
+        let v = v.to_string_lossy();
+        let ids = v
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+        let Some((uid, gid)) = ids else {
+            anyhow::bail!("FIRECLAW_JAILER must be UID:GID (two numbers), got {v:?}");
+        };
+        opts.firecracker.jailer = Some(Jailer {
+            binary: bin_dir.join("jailer"),
+            uid,
+            gid,
+            chroot_base: "/srv/jailer".into(),
+        });
+    }
+    Ok(opts)
 }
 
 pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
     if !env.privileged {
         anyhow::bail!("fireclaw run creates a tap device and needs root: run it with sudo");
     }
-    let host = host(env);
+    let host = host(env)?;
     // Leftovers of a fireclaw that was killed: clean them before making more.
     let report = vm::gc(&host, false, None)?;
     if !report.removed.is_empty() {
@@ -334,6 +371,35 @@ fn fail(mut machine: Machine, message: &str) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_options_come_from_the_caller_and_bad_jailer_ids_are_errors() {
+        let bin = std::path::Path::new("/opt/fc");
+        let none = engine_options_from(bin, |_| None).unwrap();
+        assert_eq!(none.firecracker.binary, bin.join("firecracker"));
+        assert!(none.firecracker.jailer.is_none());
+        let set = engine_options_from(bin, |k| match k {
+            "FIRECLAW_FIRECRACKER" => Some("/x/firecracker-v1.16.1-x86_64".into()),
+            "FIRECLAW_JAILER" => Some("123:456".into()),
+            _ => None,
+        })
+        .unwrap();
+        let j = set.firecracker.jailer.unwrap();
+        assert_eq!((j.uid, j.gid, j.binary), (123, 456, bin.join("jailer")));
+        assert_eq!(
+            set.firecracker.binary,
+            std::path::PathBuf::from("/x/firecracker-v1.16.1-x86_64")
+        );
+        for bad in ["123", "a:b", "1:2:3", ""] {
+            let e = engine_options_from(bin, |k| (k == "FIRECLAW_JAILER").then(|| bad.into()))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("FIRECLAW_JAILER must be UID:GID"), "{bad}: {e}");
+        }
+    }
+
     use crate::cli::{Cli, Command};
     use clap::Parser;
 

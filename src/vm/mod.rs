@@ -36,6 +36,8 @@ pub struct Host {
     pub root: RootPrefix,
     pub config: Config,
     pub db_path: PathBuf,
+    /// How the VMM engines are run (binaries, the jailer); built by the command.
+    pub engines: vmm::EngineOptions,
 }
 
 impl Host {
@@ -272,8 +274,7 @@ impl Machine {
             boot: opts.boot.clone(),
         };
         let t = Instant::now();
-        let inst =
-            vmm::engine(opts.vmm, &host.root.host(&host.config.paths.bin_dir)).start(&spec)?;
+        let inst = vmm::engine(opts.vmm, &host.engines).start(&spec)?;
         self.timings.vmm_start_ms = t.elapsed().as_millis() as u64;
         record::set_vmm_pid(&db, &self.id, inst.pid())?;
         self.instance = Some(inst);
@@ -406,6 +407,11 @@ fn teardown(host: &Host, r: &Resources, db: Option<&Db>, errors: &mut Vec<String
             }
         }
     }
+    errors.extend(
+        vmm::remove_leftovers(&host.engines, r.id)
+            .into_iter()
+            .map(|e| e.to_string()),
+    );
     match std::fs::remove_dir_all(r.run_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -555,6 +561,7 @@ mod tests {
             root: RootPrefix::new(dir.path()),
             config: Config::default(),
             db_path: dir.path().join("state.db"),
+            engines: vmm::EngineOptions::installed(dir.path()),
         };
         let disk = |engine: &str| VmDisk {
             engine: engine.into(),
@@ -616,6 +623,7 @@ mod tests {
             root: RootPrefix::new(dir.path()),
             config,
             db_path: dir.path().join("state.db"),
+            engines: vmm::EngineOptions::installed(dir.path()),
         };
         let db = host.db().unwrap();
         let id = "deadbeef0001";

@@ -4,8 +4,10 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use super::qmp::printable;
 
@@ -18,20 +20,69 @@ pub struct Response {
     pub body: String,
 }
 
-/// Sends one request and reads the response.
+/// Why a request to the API socket failed, in the cases a caller acts on differently.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket file exists but nothing listens: the VMM has not bound it yet, or it died and
+    /// left the file behind.
+    #[error("nothing listens on {} (connection refused)", socket.display())]
+    Refused { socket: PathBuf },
+    /// Any other failure to connect (no such file, permissions).
+    #[error("cannot connect to {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    /// Firecracker answered with a non-2xx status; `message` is its own, from either error shape.
+    #[error("HTTP {status}: {message}")]
+    Fault { status: u16, message: String },
+    /// No complete answer in time.
+    #[error("no answer within {after:?}")]
+    Timeout { after: Duration },
+    /// Something that is not a Firecracker HTTP response (or a connection closed mid-way).
+    #[error("{0}")]
+    Malformed(String),
+    /// Reading or writing the connection failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: &'static str, timeout: Duration) -> impl Fn(std::io::Error) -> ApiError {
+    move |source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ApiError::Timeout { after: timeout }
+        }
+        _ => ApiError::Io { what, source },
+    }
+}
+
+/// Sends one request and returns the answer whatever its status.
 pub fn request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&str>,
     timeout: Duration,
-) -> Result<Response, String> {
-    let mut s = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+) -> Result<Response, ApiError> {
+    let mut s = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::ConnectionRefused {
+            ApiError::Refused {
+                socket: socket.to_path_buf(),
+            }
+        } else {
+            ApiError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            }
+        }
+    })?;
     s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .map_err(io_error("setting a timeout", timeout))?;
     s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .map_err(io_error("setting a timeout", timeout))?;
     let body = body.unwrap_or("");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
@@ -45,7 +96,7 @@ pub fn request(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes())
-        .map_err(|e| format!("sending request: {e}"))?;
+        .map_err(io_error("sending the request", timeout))?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read until the headers are complete and Content-Length bytes of body arrived (Firecracker
@@ -56,29 +107,50 @@ pub fn request(
         }
         let n = s
             .read(&mut chunk)
-            .map_err(|e| format!("reading response: {e}"))?;
+            .map_err(io_error("reading the response", timeout))?;
         if n == 0 {
             return match parse_response(&raw)? {
                 Some(r) => Ok(r),
-                None if raw.is_empty() => Err("connection closed without a response".into()),
-                None => Err(format!(
+                None if raw.is_empty() => Err(ApiError::Malformed(
+                    "connection closed without a response".into(),
+                )),
+                None => Err(ApiError::Malformed(format!(
                     "connection closed mid-response: {}",
                     printable(&String::from_utf8_lossy(&raw), 200)
-                )),
+                ))),
             };
         }
         raw.extend_from_slice(&chunk[..n]);
         if raw.len() > MAX_HEADERS + MAX_BODY {
-            return Err("response too large".into());
+            return Err(ApiError::Malformed("response too large".into()));
         }
     }
 }
 
+/// Sends one request; a non-2xx answer is [`ApiError::Fault`] with Firecracker's own message.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let resp = request(socket, method, path, body, timeout)?;
+    if (200..300).contains(&resp.status) {
+        Ok(resp)
+    } else {
+        Err(ApiError::Fault {
+            status: resp.status,
+            message: error_message(&resp.body),
+        })
+    }
+}
+
 /// `Ok(None)` while more bytes are needed; `Err` for a response that can never be valid.
-pub fn parse_response(raw: &[u8]) -> Result<Option<Response>, String> {
+pub fn parse_response(raw: &[u8]) -> Result<Option<Response>, ApiError> {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         if raw.len() > MAX_HEADERS {
-            return Err("response headers too long".into());
+            return Err(ApiError::Malformed("response headers too long".into()));
         }
         return Ok(None);
     };
@@ -89,16 +161,21 @@ pub fn parse_response(raw: &[u8]) -> Result<Option<Response>, String> {
     let version = parts.next().unwrap_or("");
     let status = parts.next().unwrap_or("");
     if !version.starts_with("HTTP/1.") {
-        return Err(format!(
+        return Err(ApiError::Malformed(format!(
             "not an HTTP response: {}",
             printable(status_line, 100)
-        ));
+        )));
     }
     let status: u16 = status
         .parse()
         .ok()
         .filter(|s| (100..=599).contains(s))
-        .ok_or_else(|| format!("bad HTTP status line: {}", printable(status_line, 100)))?;
+        .ok_or_else(|| {
+            ApiError::Malformed(format!(
+                "bad HTTP status line: {}",
+                printable(status_line, 100)
+            ))
+        })?;
     let mut length = 0usize;
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
@@ -108,7 +185,9 @@ pub fn parse_response(raw: &[u8]) -> Result<Option<Response>, String> {
                     .parse()
                     .ok()
                     .filter(|l| *l <= MAX_BODY)
-                    .ok_or_else(|| format!("bad Content-Length: {}", printable(v, 50)))?;
+                    .ok_or_else(|| {
+                        ApiError::Malformed(format!("bad Content-Length: {}", printable(v, 50)))
+                    })?;
             }
         }
     }
@@ -131,18 +210,44 @@ pub fn error_message(body: &str) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&cleaned) {
-        for key in ["fault_message", "error"] {
-            if let Some(m) = v.get(key).and_then(|m| m.as_str()) {
-                let m = printable(m, 1000);
-                return m.split_whitespace().collect::<Vec<_>>().join(" ");
-            }
-        }
+    let message = serde_json::from_str::<ErrorBody>(&cleaned)
+        .ok()
+        .map(|b| match b {
+            ErrorBody::Fault(f) => f.fault_message,
+            ErrorBody::Http(h) => h.error,
+        });
+    if let Some(m) = message {
+        let m = printable(&m, 1000);
+        return m.split_whitespace().collect::<Vec<_>>().join(" ");
     }
     if body.trim().is_empty() {
         return "(empty response body)".into();
     }
     printable(body, 300)
+}
+
+/// Firecracker's two error bodies.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorBody {
+    Fault(ApiFault),
+    Http(HttpLayerError),
+}
+
+/// The API proper's error body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiFault {
+    /// What went wrong, in Firecracker's words.
+    fault_message: String,
+}
+
+/// The HTTP layer's error body (an unknown path or method, a malformed request).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpLayerError {
+    /// What went wrong, in Firecracker's words (may hold a raw newline).
+    error: String,
 }
 
 #[cfg(test)]

@@ -1,29 +1,43 @@
 //! The Firecracker engine: spawn `firecracker` (or `jailer`, which then execs it in a chroot),
 //! configure the machine over its API socket, start it. Every request is plain data
-//! ([`ApiCall`]) built by a pure function, so tests can check the exact sequence and validate each
-//! body against Firecracker's published API contract.
+//! ([`ApiCall`], its body one of the typed [`requests`]) built by a pure function, so tests can
+//! check the exact sequence and validate each body against Firecracker's published API contract.
+//!
+//! Outputs are kept apart: Firecracker's stdout is the guest's serial console
+//! ([`VmSpec::console_log`]), its own log goes to a file of its own (`--log-path`), and its
+//! stderr (errors before the logger is up, the jailer's errors) to [`VmSpec::vmm_log`].
+
+pub mod jail;
+pub mod requests;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use super::api;
+use super::api::{self, ApiError};
 use super::{
-    check_socket_path, describe_exit, kill_child, spawn, tail_of, Boot, Instance, SnapshotFiles,
-    VmSpec, Vmm, VmmError, VmmKind,
+    check_socket_path, describe_exit, kill_child, spawn_split, tail_of, Boot, Instance,
+    SnapshotFiles, VmSpec, Vmm, VmmError, VmmKind,
 };
+pub use jail::{Jail, Jailer};
+use requests::*;
 
 /// One API request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiCall {
     pub method: &'static str,
     pub path: String,
-    pub body: Value,
+    pub body: Body,
 }
 
-fn call(method: &'static str, path: &str, body: Value) -> ApiCall {
+impl ApiCall {
+    /// The body as Firecracker receives it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn call(method: &'static str, path: &str, body: Body) -> ApiCall {
     ApiCall {
         method,
         path: path.into(),
@@ -35,75 +49,124 @@ fn call(method: &'static str, path: &str, body: Value) -> ApiCall {
 pub const ROOT_DRIVE: &str = "rootfs";
 pub const NET_IFACE: &str = "eth0";
 
+fn path_string(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
 /// The cold-boot sequence: boot source, machine, root drive, network, then InstanceStart.
 pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
-    let mut boot = json!({
-        "kernel_image_path": spec.kernel.to_string_lossy(),
-        "boot_args": spec.cmdline,
-    });
-    if let Some(initrd) = &spec.initrd {
-        boot["initrd_path"] = json!(initrd.to_string_lossy());
-    }
     vec![
-        call("PUT", "/boot-source", boot),
+        call(
+            "PUT",
+            "/boot-source",
+            Body::BootSource(BootSource {
+                kernel_image_path: path_string(&spec.kernel),
+                boot_args: Some(spec.cmdline.clone()),
+                initrd_path: spec.initrd.as_deref().map(path_string),
+            }),
+        ),
         call(
             "PUT",
             "/machine-config",
-            json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib, "smt": false }),
+            Body::MachineConfig(MachineConfig {
+                vcpu_count: spec.vcpus,
+                mem_size_mib: spec.mem_mib,
+                smt: false,
+            }),
         ),
         call(
             "PUT",
             &format!("/drives/{ROOT_DRIVE}"),
-            json!({
-                "drive_id": ROOT_DRIVE,
-                "path_on_host": spec.root_disk.to_string_lossy(),
-                "is_root_device": true,
-                "is_read_only": false,
+            Body::Drive(Drive {
+                drive_id: ROOT_DRIVE.into(),
+                path_on_host: path_string(&spec.root_disk),
+                is_root_device: true,
+                is_read_only: false,
             }),
         ),
         call(
             "PUT",
             &format!("/network-interfaces/{NET_IFACE}"),
-            json!({ "iface_id": NET_IFACE, "host_dev_name": spec.tap, "guest_mac": spec.mac }),
+            Body::NetworkInterface(NetworkInterface {
+                iface_id: NET_IFACE.into(),
+                host_dev_name: spec.tap.clone(),
+                guest_mac: spec.mac.clone(),
+            }),
         ),
-        call("PUT", "/actions", json!({ "action_type": "InstanceStart" })),
+        call(
+            "PUT",
+            "/actions",
+            Body::Action(InstanceAction {
+                action_type: ActionType::InstanceStart,
+            }),
+        ),
     ]
 }
 
-/// The restore sequence: load the snapshot onto this VM's tap and resume it. The disk path is the
-/// one recorded in the snapshot, so restored clones must put their disk there (a per-VM mount
-/// namespace or the jailer's chroot does that).
+/// The restore sequence: load the snapshot paused onto this VM's tap, point the root drive at
+/// this VM's own disk (the snapshot records the disk of the machine it was taken from), then
+/// resume. A real v1.16.1 accepts `PATCH /drives/{id}` after a load.
 pub fn restore_calls(spec: &VmSpec, files: &SnapshotFiles) -> Vec<ApiCall> {
-    vec![call(
-        "PUT",
-        "/snapshot/load",
-        json!({
-            "snapshot_path": files.state.to_string_lossy(),
-            "mem_backend": { "backend_type": "File", "backend_path": files.memory.to_string_lossy() },
-            "resume_vm": true,
-            "network_overrides": [{ "iface_id": NET_IFACE, "host_dev_name": spec.tap }],
-        }),
-    )]
+    vec![
+        call(
+            "PUT",
+            "/snapshot/load",
+            Body::SnapshotLoad(SnapshotLoad {
+                snapshot_path: path_string(&files.state),
+                mem_backend: MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: path_string(&files.memory),
+                },
+                resume_vm: false,
+                network_overrides: vec![NetworkOverride {
+                    iface_id: NET_IFACE.into(),
+                    host_dev_name: spec.tap.clone(),
+                }],
+            }),
+        ),
+        call(
+            "PATCH",
+            &format!("/drives/{ROOT_DRIVE}"),
+            Body::PartialDrive(PartialDrive {
+                drive_id: ROOT_DRIVE.into(),
+                path_on_host: path_string(&spec.root_disk),
+            }),
+        ),
+        resume_call(),
+    ]
 }
 
 pub fn pause_call() -> ApiCall {
-    call("PATCH", "/vm", json!({ "state": "Paused" }))
+    call(
+        "PATCH",
+        "/vm",
+        Body::Vm(Vm {
+            state: VmState::Paused,
+        }),
+    )
 }
 
 pub fn resume_call() -> ApiCall {
-    call("PATCH", "/vm", json!({ "state": "Resumed" }))
+    call(
+        "PATCH",
+        "/vm",
+        Body::Vm(Vm {
+            state: VmState::Resumed,
+        }),
+    )
 }
 
+/// Pause, then write a full snapshot to `files` (paths as Firecracker sees them).
 pub fn snapshot_calls(files: &SnapshotFiles) -> Vec<ApiCall> {
     vec![
         pause_call(),
         call(
             "PUT",
             "/snapshot/create",
-            json!({
-                "snapshot_type": "Full",
-                "snapshot_path": files.state.to_string_lossy(),
-                "mem_file_path": files.memory.to_string_lossy(),
+            Body::SnapshotCreate(SnapshotCreate {
+                snapshot_type: SnapshotType::Full,
+                snapshot_path: path_string(&files.state),
+                mem_file_path: path_string(&files.memory),
             }),
         ),
     ]
@@ -111,132 +174,70 @@ pub fn snapshot_calls(files: &SnapshotFiles) -> Vec<ApiCall> {
 
 /// Sends one call; any non-2xx answer becomes an error carrying Firecracker's own message.
 pub fn send(socket: &Path, c: &ApiCall, timeout: Duration) -> Result<(), VmmError> {
-    let api_err = |message: String| VmmError::Api {
+    let body = serde_json::to_string(&c.body).map_err(|e| VmmError::Api {
         method: c.method.into(),
         path: c.path.clone(),
-        message,
-    };
-    let body = c.body.to_string();
-    let resp = api::request(socket, c.method, &c.path, Some(&body), timeout).map_err(api_err)?;
-    if (200..300).contains(&resp.status) {
-        Ok(())
-    } else {
-        Err(api_err(format!(
-            "HTTP {}: {}",
-            resp.status,
-            api::error_message(&resp.body)
-        )))
-    }
+        error: ApiError::Malformed(format!("cannot encode the request: {e}")),
+    })?;
+    api::call(socket, c.method, &c.path, Some(&body), timeout)
+        .map(|_| ())
+        .map_err(|error| VmmError::Api {
+            method: c.method.into(),
+            path: c.path.clone(),
+            error,
+        })
 }
 
-/// Running Firecracker through the jailer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Jailer {
-    pub binary: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub chroot_base: PathBuf,
-}
-
-impl Jailer {
-    /// The chroot the jailer builds: `<base>/firecracker/<id>/root`.
-    pub fn root(&self, id: &str) -> PathBuf {
-        self.chroot_base.join("firecracker").join(id).join("root")
-    }
-
-    pub fn args(&self, firecracker: &Path, id: &str) -> Vec<String> {
-        vec![
-            "--id".into(),
-            id.into(),
-            "--exec-file".into(),
-            firecracker.to_string_lossy().into_owned(),
-            "--uid".into(),
-            self.uid.to_string(),
-            "--gid".into(),
-            self.gid.to_string(),
-            "--chroot-base-dir".into(),
-            self.chroot_base.to_string_lossy().into_owned(),
-            "--".into(),
-            "--api-sock".into(),
-            "/api.sock".into(),
-        ]
-    }
-
-    /// Hard-links the files the machine needs into the chroot and returns the spec as seen from
-    /// inside it (the API takes paths relative to the jail's root).
-    pub fn stage(&self, spec: &VmSpec) -> Result<VmSpec, VmmError> {
-        let root = self.root(&spec.id);
-        std::fs::create_dir_all(&root).map_err(|source| VmmError::Io {
-            what: format!("creating jail {}", root.display()),
-            source,
-        })?;
-        let link = |src: &Path, name: &str| -> Result<PathBuf, VmmError> {
-            let dest = root.join(name);
-            let _ = std::fs::remove_file(&dest);
-            std::fs::hard_link(src, &dest).map_err(|source| VmmError::Io {
-                what: format!(
-                    "linking {} into the jail (it must be on the same filesystem as {})",
-                    src.display(),
-                    self.chroot_base.display()
-                ),
-                source,
-            })?;
-            nix::unistd::chown(
-                &dest,
-                Some(nix::unistd::Uid::from_raw(self.uid)),
-                Some(nix::unistd::Gid::from_raw(self.gid)),
-            )
-            .map_err(|e| VmmError::Io {
-                what: format!("chown {}", dest.display()),
-                source: e.into(),
-            })?;
-            Ok(PathBuf::from("/").join(name))
-        };
-        let mut jailed = spec.clone();
-        jailed.kernel = link(&spec.kernel, "kernel")?;
-        if let Some(i) = &spec.initrd {
-            jailed.initrd = Some(link(i, "initrd")?);
-        }
-        jailed.root_disk = link(&spec.root_disk, "rootfs")?;
-        Ok(jailed)
-    }
-}
-
+/// The Firecracker engine and its options: where the binary is, whether to jail it, how long to
+/// wait for it. Built by the caller; nothing here reads the environment.
 #[derive(Debug, Clone)]
 pub struct Firecracker {
+    /// The `firecracker` executable (under the jailer: its `--exec-file`).
     pub binary: PathBuf,
+    /// Run it under the jailer.
     pub jailer: Option<Jailer>,
+    /// How long to wait for the API socket, and for each request.
     pub api_timeout: Duration,
 }
 
+/// Where one machine's Firecracker lives: its socket and log on the host, its jail if any.
+struct Layout {
+    sock: PathBuf,
+    log: PathBuf,
+    jail: Option<Jail>,
+}
+
 impl Firecracker {
-    /// `<bin_dir>/firecracker`, or `FIRECLAW_FIRECRACKER`. `FIRECLAW_JAILER=<uid>:<gid>` runs it
-    /// under `<bin_dir>/jailer` with chroots in `/srv/jailer`.
-    pub fn from_env(bin_dir: &Path) -> Firecracker {
-        let binary = std::env::var_os("FIRECLAW_FIRECRACKER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| bin_dir.join("firecracker"));
-        let jailer = std::env::var("FIRECLAW_JAILER").ok().and_then(|v| {
-            let (u, g) = v.split_once(':')?;
-            Some(Jailer {
-                binary: bin_dir.join("jailer"),
-                uid: u.parse().ok()?,
-                gid: g.parse().ok()?,
-                chroot_base: "/srv/jailer".into(),
-            })
-        });
+    /// `<bin_dir>/firecracker`, run directly.
+    pub fn installed(bin_dir: &Path) -> Firecracker {
         Firecracker {
-            binary,
-            jailer,
+            binary: bin_dir.join("firecracker"),
+            jailer: None,
             api_timeout: Duration::from_secs(10),
         }
     }
 
-    pub fn api_socket(&self, spec: &VmSpec) -> PathBuf {
-        match &self.jailer {
-            Some(j) => j.root(&spec.id).join("api.sock"),
-            None => spec.run_dir.join("api.sock"),
-        }
+    fn layout(&self, spec: &VmSpec) -> Result<Layout, VmmError> {
+        Ok(match &self.jailer {
+            Some(j) => {
+                let jail = j.jail(&self.binary, &spec.id)?;
+                Layout {
+                    sock: jail.api_socket(),
+                    log: jail.log(),
+                    jail: Some(jail),
+                }
+            }
+            None => Layout {
+                sock: spec.run_dir.join("api.sock"),
+                log: firecracker_log(spec),
+                jail: None,
+            },
+        })
+    }
+
+    /// The API socket of machine `spec`, as the host sees it.
+    pub fn api_socket(&self, spec: &VmSpec) -> Result<PathBuf, VmmError> {
+        Ok(self.layout(spec)?.sock)
     }
 
     /// The whole sequence a machine's start sends.
@@ -248,95 +249,181 @@ impl Firecracker {
     }
 }
 
+/// Firecracker's own log when it runs unjailed.
+pub fn firecracker_log(spec: &VmSpec) -> PathBuf {
+    spec.run_dir.join("firecracker.log")
+}
+
+/// What to show when Firecracker failed: the end of its own log and of its stderr.
+fn failure_tail(log: &Path, spec: &VmSpec) -> String {
+    [tail_of(log, 10), tail_of(&spec.vmm_log(), 10)]
+        .into_iter()
+        .filter(|t| !t.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn create_file(path: &Path) -> Result<(), VmmError> {
+    std::fs::File::create(path)
+        .map(|_| ())
+        .map_err(|source| VmmError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })
+}
+
 impl Vmm for Firecracker {
     fn kind(&self) -> VmmKind {
         VmmKind::Firecracker
     }
 
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn Instance>, VmmError> {
-        let sock = self.api_socket(spec);
-        check_socket_path(&sock)?;
-        let (mut cmd, seen) = match &self.jailer {
-            Some(j) => {
-                let seen = j.stage(spec)?;
+        let layout = self.layout(spec)?;
+        check_socket_path(&layout.sock)?;
+        let (mut cmd, seen) = match (&self.jailer, &layout.jail) {
+            (Some(j), Some(jail)) => {
+                let seen = jail.stage(spec)?;
                 let mut c = Command::new(&j.binary);
                 c.args(j.args(&self.binary, &spec.id));
                 (c, seen)
             }
-            None => {
+            _ => {
+                // The run dir is this machine's alone: a socket in it was left by a Firecracker
+                // that died, and a new one refuses to bind over it.
+                match std::fs::remove_file(&layout.sock) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(VmmError::Io {
+                            what: format!("removing stale {}", layout.sock.display()),
+                            source,
+                        })
+                    }
+                }
+                create_file(&layout.log)?;
                 let mut c = Command::new(&self.binary);
-                c.arg("--api-sock").arg(&sock).arg("--id").arg(&spec.id);
+                c.arg("--api-sock")
+                    .arg(&layout.sock)
+                    .arg("--id")
+                    .arg(&spec.id)
+                    .arg("--log-path")
+                    .arg(&layout.log);
                 (c, spec.clone())
             }
         };
         cmd.env_clear();
         let program = self.binary.to_string_lossy().into_owned();
-        let mut child = spawn(cmd, &spec.vmm_log())?;
+        let spawned = spawn_split(cmd, &spec.console_log(), &spec.vmm_log());
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                remove_jail(&layout.jail);
+                return Err(e);
+            }
+        };
         let result = (|| {
-            wait_socket(&mut child, &sock, self.api_timeout, spec, &program)?;
+            wait_socket(&mut child, &layout.sock, self.api_timeout, &program, || {
+                failure_tail(&layout.log, spec)
+            })?;
             for c in Self::start_calls(&seen) {
-                send(&sock, &c, self.api_timeout)?;
+                send(&layout.sock, &c, self.api_timeout)?;
             }
             Ok(())
         })();
         if let Err(e) = result {
             kill_child(&mut child);
+            // The jail goes with the failed start (an exit's log tail is already in the error).
+            remove_jail(&layout.jail);
             return Err(e);
         }
         Ok(Box::new(FirecrackerInstance {
             child,
-            sock,
+            sock: layout.sock,
+            log: layout.log,
+            jail: layout.jail,
             spec: spec.clone(),
             program,
             timeout: self.api_timeout,
         }))
     }
+
+    fn remove_leftovers(&self, id: &str) -> Result<(), VmmError> {
+        match &self.jailer {
+            Some(j) => j.jail(&self.binary, id)?.kill_and_remove(),
+            None => Ok(()),
+        }
+    }
 }
 
+fn remove_jail(jail: &Option<Jail>) {
+    if let Some(j) = jail {
+        if let Err(e) = j.remove() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Waits until Firecracker accepts connections on `sock`, watching the process all the while:
+/// if it exits (a stale socket, a bad argument, a jailer error) the error says so at once, with
+/// the end of its log.
 fn wait_socket(
     child: &mut Child,
     sock: &Path,
     timeout: Duration,
-    spec: &VmSpec,
     program: &str,
+    tail: impl Fn() -> String,
 ) -> Result<(), VmmError> {
     let start = Instant::now();
-    while !sock.exists() {
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(VmmError::Exited {
                 program: program.into(),
                 during: "startup".into(),
                 status: describe_exit(status),
-                log_tail: tail_of(&spec.vmm_log(), 10),
+                log_tail: tail(),
             });
         }
+        let last = match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
         if start.elapsed() > timeout {
+            let tail = tail();
+            let log = if tail.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its log ends: {}",
+                    tail.lines().collect::<Vec<_>>().join(" | ")
+                )
+            };
             return Err(VmmError::Timeout {
-                what: format!("API socket {}", sock.display()),
+                what: format!(
+                    "Firecracker listening on {} (last attempt: {last}{log})",
+                    sock.display()
+                ),
                 after: timeout,
             });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The file exists from bind(); wait until Firecracker also listens.
-    while let Err(e) = std::os::unix::net::UnixStream::connect(sock) {
-        if start.elapsed() > timeout {
-            return Err(VmmError::Io {
-                what: format!("connecting to {}", sock.display()),
-                source: e,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 pub struct FirecrackerInstance {
     child: Child,
     sock: PathBuf,
+    log: PathBuf,
+    jail: Option<Jail>,
     spec: VmSpec,
     program: String,
     timeout: Duration,
+}
+
+impl FirecrackerInstance {
+    /// Firecracker's own log (not the console).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
 }
 
 impl Instance for FirecrackerInstance {
@@ -360,26 +447,44 @@ impl Instance for FirecrackerInstance {
     }
 
     fn snapshot(&mut self, to: &SnapshotFiles) -> Result<(), VmmError> {
-        for c in snapshot_calls(to) {
+        // A jailed Firecracker can only write inside its chroot: it writes there, and the files
+        // are moved to where the caller wants them.
+        let target = match &self.jail {
+            Some(j) => {
+                j.snapshot_dir()?;
+                Jail::snapshot_files()
+            }
+            None => to.clone(),
+        };
+        for c in snapshot_calls(&target) {
             send(&self.sock, &c, Duration::from_secs(120))?;
+        }
+        if let Some(j) = &self.jail {
+            j.take_out(to)?;
         }
         Ok(())
     }
 
     fn kill(&mut self) -> Result<(), VmmError> {
         kill_child(&mut self.child);
-        let _ = std::fs::remove_file(&self.sock);
-        Ok(())
+        match &self.jail {
+            Some(j) => j.remove(),
+            None => {
+                let _ = std::fs::remove_file(&self.sock);
+                Ok(())
+            }
+        }
     }
 
     fn console_tail(&self) -> String {
-        // Firecracker's serial console is its stdout.
-        tail_of(&self.spec.vmm_log(), 15)
+        // Firecracker's stdout is the guest's serial console, and nothing else writes there.
+        tail_of(&self.spec.console_log(), 15)
     }
 }
 
 impl Drop for FirecrackerInstance {
     fn drop(&mut self) {
         kill_child(&mut self.child);
+        remove_jail(&self.jail);
     }
 }

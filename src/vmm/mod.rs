@@ -49,11 +49,13 @@ pub enum VmmError {
     },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
-    #[error("Firecracker API {method} {path}: {message}")]
+    #[error("Firecracker API {method} {path}: {error}")]
     Api {
         method: String,
         path: String,
-        message: String,
+        /// Match on it: refused, a fault with Firecracker's status and message, a timeout, or a
+        /// malformed answer.
+        error: api::ApiError,
     },
     #[error("{what} did not happen within {after:?}")]
     Timeout { what: String, after: Duration },
@@ -128,7 +130,7 @@ impl VmSpec {
         self.run_dir.join("console.log")
     }
 
-    /// The VMM's own stdout/stderr.
+    /// The VMM's own output (for Firecracker, whose stdout is the console: its stderr).
     pub fn vmm_log(&self) -> PathBuf {
         self.run_dir.join("vmm.log")
     }
@@ -140,6 +142,12 @@ pub trait Vmm: Send + Sync {
     /// Spawns the VMM, configures the machine and lets it run (booting the kernel or resuming the
     /// snapshot). On error nothing this call spawned is left running.
     fn start(&self, spec: &VmSpec) -> Result<Box<dyn Instance>, VmmError>;
+    /// Removes what the engine keeps outside the VM's run dir for machine `id` (Firecracker's
+    /// jail, killing what still runs in it), for teardown and `gc` of a machine that is being
+    /// removed. Idempotent.
+    fn remove_leftovers(&self, _id: &str) -> Result<(), VmmError> {
+        Ok(())
+    }
 }
 
 /// A running machine.
@@ -157,12 +165,36 @@ pub trait Instance: Send {
     fn console_tail(&self) -> String;
 }
 
+/// How each engine's programs are found and run. The command builds it (reading any environment
+/// overrides); the engines themselves read no environment.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub firecracker: firecracker::Firecracker,
+}
+
+impl EngineOptions {
+    /// The programs provision installs into `bin_dir`, run directly.
+    pub fn installed(bin_dir: &Path) -> EngineOptions {
+        EngineOptions {
+            firecracker: firecracker::Firecracker::installed(bin_dir),
+        }
+    }
+}
+
 /// Picks the engine for `kind`.
-pub fn engine(kind: VmmKind, bin_dir: &Path) -> Box<dyn Vmm> {
+pub fn engine(kind: VmmKind, opts: &EngineOptions) -> Box<dyn Vmm> {
     match kind {
         VmmKind::Qemu => Box::new(qemu::Qemu::from_env()),
-        VmmKind::Firecracker => Box::new(firecracker::Firecracker::from_env(bin_dir)),
+        VmmKind::Firecracker => Box::new(opts.firecracker.clone()),
     }
+}
+
+/// [`Vmm::remove_leftovers`] of every engine, for a teardown that may not know which one ran.
+pub fn remove_leftovers(opts: &EngineOptions, id: &str) -> Vec<VmmError> {
+    [VmmKind::Firecracker, VmmKind::Qemu]
+        .into_iter()
+        .filter_map(|k| engine(k, opts).remove_leftovers(id).err())
+        .collect()
 }
 
 /// Unix socket addresses hold 107 bytes plus the NUL.
@@ -175,17 +207,33 @@ pub fn check_socket_path(path: &Path) -> Result<(), VmmError> {
 
 /// Spawns a VMM in its own process group (a Ctrl-C at the terminal reaches fireclaw, which then
 /// tears the machine down in order, not the VMM directly) with its output in `log`.
-pub(crate) fn spawn(mut cmd: Command, log: &Path) -> Result<Child, VmmError> {
+pub(crate) fn spawn(cmd: Command, log: &Path) -> Result<Child, VmmError> {
+    spawn_split(cmd, log, log)
+}
+
+/// [`spawn`] with stdout and stderr in files of their own (one file when the paths are equal).
+pub(crate) fn spawn_split(
+    mut cmd: Command,
+    stdout: &Path,
+    stderr: &Path,
+) -> Result<Child, VmmError> {
     use std::os::unix::process::CommandExt;
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = std::fs::File::create(log).map_err(|source| VmmError::Io {
-        what: format!("creating {}", log.display()),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| VmmError::Io {
-        what: "duplicating log descriptor".into(),
-        source,
-    })?;
+    let create = |log: &Path| {
+        std::fs::File::create(log).map_err(|source| VmmError::Io {
+            what: format!("creating {}", log.display()),
+            source,
+        })
+    };
+    let out = create(stdout)?;
+    let err = if stdout == stderr {
+        out.try_clone().map_err(|source| VmmError::Io {
+            what: "duplicating log descriptor".into(),
+            source,
+        })?
+    } else {
+        create(stderr)?
+    };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
