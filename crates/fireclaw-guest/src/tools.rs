@@ -527,4 +527,54 @@ mod tests {
         let o = web_search("http://127.0.0.1:9", "x", 3).await;
         assert!(o.problem.unwrap().starts_with("web search failed"));
     }
+
+    /// Serves one canned HTTP response on a local port; returns its URL and the request line it
+    /// got.
+    async fn canned(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = tokio::io::BufReader::new(s);
+            let mut first = String::new();
+            s.read_line(&mut first).await.unwrap();
+            loop {
+                let mut h = String::new();
+                s.read_line(&mut h).await.unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+            }
+            s.get_mut().write_all(response.as_bytes()).await.unwrap();
+            s.get_mut().shutdown().await.unwrap();
+            first
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn web_search_asks_for_json_and_trims_results() {
+        let (url, req) = canned(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 139\r\n\r\n{\"query\":\"x\",\"results\":[{\"url\":\"http://a/\",\"title\":\"A\",\"content\":\"first\",\"engine\":\"e\"},{\"url\":\"http://b/\",\"title\":\"B\",\"content\":\"second\"}]}",
+        )
+        .await;
+        let o = web_search(&url, "rust & musl", 1).await;
+        assert_eq!(o.problem, None, "{}", o.content);
+        assert_eq!(o.content, "1. A\n   http://a/\n   first\n");
+        assert_eq!(
+            req.await.unwrap().trim_end(),
+            "GET /search?q=rust%20%26%20musl&format=json HTTP/1.1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_403_from_searxng_says_json_is_not_enabled() {
+        let (url, _req) =
+            canned("HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nForbidden").await;
+        let o = web_search(&url, "x", 3).await;
+        let p = o.problem.unwrap();
+        assert!(p.contains("403") && p.contains("json"), "{p}");
+        assert!(o.content.starts_with("error: "));
+    }
 }

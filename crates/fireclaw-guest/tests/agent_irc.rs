@@ -170,7 +170,7 @@ fn the_tool_loop_runs_a_command_as_the_agent_in_its_workspace() {
 #[test]
 #[ignore = "host tier: needs root, ngircd, setpriv and network namespaces; run with --include-ignored"]
 fn saved_memory_is_in_the_next_request_and_after_a_restart() {
-    let w = World::start("mem", Setup::default());
+    let mut w = World::start("mem", Setup::default());
     let mut alice = w.person("alice");
     w.ollama.push(Reply::tool_call(
         "save_memory",
@@ -478,4 +478,20 @@ fn reconnects_when_the_server_comes_back() {
     alice.say("#agents", &format!("{NICK}: back?")).unwrap();
     assert_eq!(w.reply(&mut alice, "#agents", SECS_30).text(), "Back.");
     assert!(w.log().contains("reconnecting"), "{}", w.log());
+}
+
+/// Two agents addressing each other would go on forever; a peer is answered at most
+/// `limits.answers_per_minute` times a minute (default 6), the rest ignored.
+#[test]
+#[ignore = "host tier: needs root, ngircd, setpriv and network namespaces; run with --include-ignored"]
+fn a_peer_that_keeps_addressing_the_agent_is_cut_off() {
+    let w = World::start("loop", Setup::default());
+    let mut peer = w.person("worker");
+    for i in 0..9 {
+        peer.say("#agents", &format!("{NICK}: round {i}")).unwrap();
+    }
+    let answers = w.replies(&mut peer, "#agents", SECS_30, Duration::from_secs(8));
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    assert_eq!(w.ollama.chat_requests().len(), 6);
+    assert!(w.log().contains("over limits.answers_per_minute"));
 }

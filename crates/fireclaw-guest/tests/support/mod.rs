@@ -98,6 +98,13 @@ impl Drop for NetNs {
     }
 }
 
+/// The binary under test: this build's, or the one `FIRECLAW_GUEST_BIN` names (to run these tests
+/// against the static musl build).
+pub fn guest_bin() -> std::ffi::OsString {
+    std::env::var_os("FIRECLAW_GUEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fireclaw-guest").into())
+}
+
 /// Options of one world's agent configuration.
 #[derive(Clone)]
 pub struct Setup {
@@ -219,7 +226,7 @@ impl World {
             .arg(format!("--reuid={AGENT_UID}"))
             .arg(format!("--regid={AGENT_UID}"))
             .args(["--clear-groups", "--no-new-privs", "--"])
-            .arg(env!("CARGO_BIN_EXE_fireclaw-guest"))
+            .arg(guest_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("FIRECLAW_GUEST_LOG", "debug,irc=info")
@@ -229,6 +236,16 @@ impl World {
             .spawn()
             .expect("spawn fireclaw-guest");
         self.guest = Some(child);
+    }
+
+    /// Stops the agent with SIGTERM and starts it again (as the image's init restarts it).
+    pub fn restart_guest(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).is_some(),
+            "guest exits"
+        );
+        self.spawn_guest();
     }
 
     pub fn guest_pid(&self) -> nix::unistd::Pid {
@@ -317,7 +334,7 @@ impl World {
 
     /// Runs `fireclaw-guest usage --drain` on this world's spool; the records it printed.
     pub fn drain_usage(&self) -> Vec<fireclaw_proto::UsageRecord> {
-        let out = Command::new(env!("CARGO_BIN_EXE_fireclaw-guest"))
+        let out = Command::new(guest_bin())
             .args(["usage", "--drain", "--spool"])
             .arg(&self.spool)
             .output()
