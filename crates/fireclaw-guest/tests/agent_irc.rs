@@ -205,6 +205,25 @@ fn saved_memory_is_in_the_next_request_and_after_a_restart() {
         .as_str()
         .unwrap()
         .contains("vault slot 7."));
+
+    // A restarted agent reads it from the workspace at start.
+    w.restart_guest();
+    w.wait_agent_in(&mut alice, "#agents");
+    alice
+        .say("#agents", &format!("{NICK}: still remember?"))
+        .unwrap();
+    w.reply(&mut alice, "#agents", SECS_30);
+    let chats = w.ollama.chat_requests();
+    let restarted = messages(&chats[3]);
+    assert!(restarted[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("vault slot 7."));
+    assert_eq!(
+        restarted.len(),
+        2,
+        "history is the process's: system + question only"
+    );
 }
 
 #[test]
