@@ -514,3 +514,55 @@ fn a_peer_that_keeps_addressing_the_agent_is_cut_off() {
     assert_eq!(w.ollama.chat_requests().len(), 6);
     assert!(w.log().contains("over limits.answers_per_minute"));
 }
+
+/// A long answer goes out paced (at most 4 lines per 5 s, under ngircd's penalty of about one
+/// command a second), every line within the 512-byte limit as relayed, and the agent stays
+/// connected. (Measured here: ngircd 26 throttles rather than disconnects a client that bursts 30
+/// lines of 400 bytes, so this proves the pacing and the limit, not a disconnect avoided.)
+#[test]
+#[ignore = "host tier: needs root, ngircd, setpriv and network namespaces; run with --include-ignored"]
+fn a_long_answer_is_paced_and_split_within_the_line_limit() {
+    let w = World::start(
+        "flood",
+        Setup {
+            limits: "reply_lines = 20\n".into(),
+            ..Setup::default()
+        },
+    );
+    let mut alice = w.person("alice");
+    // 10 model lines of 900 bytes of multi-byte text: each splits into three IRC lines.
+    let model_line = "日本語のテキスト ".repeat(36);
+    let text = vec![model_line.clone(); 10].join("\n");
+    w.ollama.push(Reply::text(text));
+    alice
+        .say("#agents", &format!("{NICK}: write a lot"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let lines = w.replies(&mut alice, "#agents", SECS_30, Duration::from_secs(8));
+    let took = started.elapsed();
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    assert_eq!(lines[19], "[11 more lines not shown]");
+    let raw: Vec<&String> = alice
+        .seen
+        .iter()
+        .filter(|l| l.is_privmsg(NICK, "#agents"))
+        .map(|l| &l.raw)
+        .collect();
+    assert!(
+        raw.iter().all(|r| r.len() + 2 <= 512),
+        "a relayed line over 512 bytes"
+    );
+    assert!(
+        lines[..19].iter().all(|l| model_line.contains(l.as_str())),
+        "split on character boundaries"
+    );
+    // 20 lines at 4 per 5 s.
+    assert!(took >= Duration::from_secs(15), "not paced: {took:?}");
+    w.ollama.push(Reply::text("Still connected."));
+    alice.say("#agents", &format!("{NICK}: there?")).unwrap();
+    assert_eq!(
+        w.reply(&mut alice, "#agents", SECS_30).text(),
+        "Still connected."
+    );
+    assert!(!w.log().contains("connection lost"), "{}", w.log());
+}
