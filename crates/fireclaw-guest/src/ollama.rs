@@ -175,6 +175,9 @@ async fn chat_inner(
         .await
         .map_err(|e| match e {
             HttpError::Connect { addr, reason } => OllamaError::Unreachable { addr, reason },
+            e @ (HttpError::Malformed(_) | HttpError::TooLarge(_)) => {
+                OllamaError::Protocol(e.to_string())
+            }
             other => OllamaError::Unreachable {
                 addr: base.addr.clone(),
                 reason: other.to_string(),
@@ -388,6 +391,49 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&u).unwrap(),
             serde_json::json!({"role":"user","content":"hi"})
+        );
+    }
+
+    async fn serve_once(response: &'static [u8]) -> String {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = s.write_all(response).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn transport_failures_are_told_apart() {
+        let t = Duration::from_secs(5);
+        let e = chat("http://127.0.0.1:9", "m", &[], &[], 100, t)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OllamaError::Unreachable { .. }), "{e:?}");
+        let url = serve_once(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+        let e = chat(&url, "m", &[], &[], 100, t).await.unwrap_err();
+        assert!(matches!(e, OllamaError::Protocol(_)), "{e:?}");
+        let url = serve_once(
+            b"HTTP/1.1 200 OK\r\n\r\n{\"message\":{\"role\":\"assistant\",\"content\":\"cut\"}}\n",
+        )
+        .await;
+        let e = chat(&url, "m", &[], &[], 100, t).await.unwrap_err();
+        assert!(matches!(e, OllamaError::MidStream(_)), "{e:?}");
+        let url = serve_once(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\n\r\n{\"error\":\"no such\"}",
+        )
+        .await;
+        let e = chat(&url, "m", &[], &[], 100, t).await.unwrap_err();
+        assert_eq!(
+            e,
+            OllamaError::UnknownModel {
+                model: "m".into(),
+                message: "no such".into()
+            }
         );
     }
 }
