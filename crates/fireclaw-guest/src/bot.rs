@@ -70,7 +70,7 @@ enum End {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf) -> Result<(), RunError> {
-    let config = Config::load(&config_path)?;
+    let config = crate::config::load(&config_path)?;
     tracing::info!(nick = %config.nick, server = %config.irc.server, model = %config.ollama.model, "starting");
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let (job_tx, job_rx) = mpsc::channel(QUEUE);
@@ -128,7 +128,7 @@ impl State {
 
     /// Re-reads the configuration; a bad file is logged and the running one kept.
     fn reload(&mut self) -> Option<(Arc<Config>, Arc<Config>)> {
-        match Config::load(&self.config_path) {
+        match crate::config::load(&self.config_path) {
             Ok(new) => {
                 let old = self.config();
                 let new = Arc::new(new);
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn the_rate_limit_bounds_answers_per_sender() {
         let (tx, _rx) = watch::channel(Arc::new(
-            Config::parse(
+            crate::config::parse(
                 "nick='a'\npersona='p'\n[irc]\nserver='h:1'\n[ollama]\nurl='http://h'\nmodel='m'\n",
                 Path::new("x"),
             )

@@ -1,14 +1,12 @@
-//! `/etc/fireclaw/agent.toml`: everything the host tells one agent. The host writes it; a typo is
-//! an error naming the line and key, never a silent default.
+//! `/etc/fireclaw/agent.toml`: everything the host tells one agent. The types and defaults are
+//! `fireclaw_proto::agent` (the host writes what the guest reads); here they are parsed with line
+//! and key in every error, and validated.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-/// Where the image's init points `fireclaw-guest run --config`.
-pub const DEFAULT_PATH: &str = "/etc/fireclaw/agent.toml";
-/// Where usage records wait for the host's drain (owned by the `agent` user).
-pub const DEFAULT_USAGE_SPOOL: &str = "/var/lib/fireclaw-guest/usage.jsonl";
+pub use fireclaw_proto::agent::{
+    AgentConfig as Config, Irc, Limits, Ollama, Searxng, DEFAULT_PATH, DEFAULT_USAGE_SPOOL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,192 +26,82 @@ pub enum ConfigError {
     },
 }
 
-/// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The agent's IRC nick, also the name it answers to (`NICK: ...`).
-    pub nick: String,
-    /// The system prompt: the template's persona.
-    pub persona: String,
-    /// The agent's own directory: `run_command` runs here and `MEMORY.md` lives here.
-    #[serde(default = "default_workspace")]
-    pub workspace: PathBuf,
-    /// Where usage records are appended for the host to drain.
-    #[serde(default = "default_usage_spool")]
-    pub usage_spool: PathBuf,
-    pub irc: Irc,
-    pub ollama: Ollama,
-    /// Absent: no `web_search` tool.
-    #[serde(default)]
-    pub searxng: Option<Searxng>,
-    #[serde(default)]
-    pub limits: Limits,
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Irc {
-    /// `host:port` of ngircd (the bridge address in production).
-    pub server: String,
-    /// Channels joined at connect; `#agents` in production.
-    #[serde(default = "default_channels")]
-    pub channels: Vec<String>,
-    /// The QUIT message sent on SIGTERM.
-    #[serde(default = "default_quit_message")]
-    pub quit_message: String,
+/// Parses and validates `text`, naming `path` in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    validate(&config, path)?;
+    Ok(config)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ollama {
-    /// `http://host:port` (plain http: Ollama listens on the bridge).
-    pub url: String,
-    /// The model every chat request names.
-    pub model: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Searxng {
-    /// `http://host:port`; `/search?q=...&format=json` is appended.
-    pub url: String,
-}
-
-/// Bounds on everything a model or a user can make the agent do. Every one has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Chat requests per interaction before the agent gives up on a tool loop.
-    pub tool_rounds: u32,
-    /// Messages (questions and answers) kept per channel or DM.
-    pub history_messages: usize,
-    /// `run_command`'s longest run; the whole process group is killed after it.
-    pub command_timeout_secs: u64,
-    /// Bytes of a command's output handed back to the model.
-    pub command_output_bytes: usize,
-    /// `MEMORY.md` may not grow past this many bytes.
-    pub memory_bytes: usize,
-    /// Bytes of one model reply the agent reads; the rest is cut off.
-    pub reply_bytes: usize,
-    /// IRC lines one answer may take; the rest is dropped with a note.
-    pub reply_lines: usize,
-    /// Search results handed to the model.
-    pub search_results: usize,
-    /// Longest wait for Ollama (one chat request, all of its stream).
-    pub ollama_timeout_secs: u64,
-    /// Answers per minute to one sender: a backstop against two agents addressing each other
-    /// forever.
-    pub answers_per_minute: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            tool_rounds: 8,
-            history_messages: 20,
-            command_timeout_secs: 60,
-            command_output_bytes: 8 * 1024,
-            memory_bytes: 16 * 1024,
-            reply_bytes: 64 * 1024,
-            reply_lines: 12,
-            search_results: 5,
-            ollama_timeout_secs: 300,
-            answers_per_minute: 6,
+fn validate(config: &Config, path: &Path) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, problem: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        problem,
+    };
+    valid_nick(&config.nick).map_err(|p| bad("nick", p))?;
+    for c in &config.irc.channels {
+        valid_channel(c).map_err(|p| bad("irc.channels", p))?;
+    }
+    valid_host_port(&config.irc.server).map_err(|p| bad("irc.server", p))?;
+    if has_line_breaks(&config.irc.quit_message) {
+        return Err(bad(
+            "irc.quit_message",
+            "must be one line without control characters".into(),
+        ));
+    }
+    valid_http_url(&config.ollama.url).map_err(|p| bad("ollama.url", p))?;
+    if config.ollama.model.is_empty() || config.ollama.model.chars().any(char::is_control) {
+        return Err(bad(
+            "ollama.model",
+            format!("must be a model name, got {:?}", config.ollama.model),
+        ));
+    }
+    if let Some(s) = &config.searxng {
+        valid_http_url(&s.url).map_err(|p| bad("searxng.url", p))?;
+    }
+    if !config.workspace.is_absolute() {
+        return Err(bad(
+            "workspace",
+            format!("must be an absolute path, got {:?}", config.workspace),
+        ));
+    }
+    if !config.usage_spool.is_absolute() {
+        return Err(bad(
+            "usage_spool",
+            format!("must be an absolute path, got {:?}", config.usage_spool),
+        ));
+    }
+    let l = &config.limits;
+    for (key, value) in [
+        ("limits.tool_rounds", l.tool_rounds as u64),
+        ("limits.history_messages", l.history_messages as u64),
+        ("limits.command_timeout_secs", l.command_timeout_secs),
+        ("limits.command_output_bytes", l.command_output_bytes as u64),
+        ("limits.memory_bytes", l.memory_bytes as u64),
+        ("limits.reply_bytes", l.reply_bytes as u64),
+        ("limits.reply_lines", l.reply_lines as u64),
+        ("limits.search_results", l.search_results as u64),
+        ("limits.ollama_timeout_secs", l.ollama_timeout_secs),
+        ("limits.answers_per_minute", l.answers_per_minute as u64),
+    ] {
+        if value == 0 {
+            return Err(bad(key, "must be at least 1".into()));
         }
     }
-}
-
-fn default_workspace() -> PathBuf {
-    PathBuf::from("/workspace")
-}
-fn default_usage_spool() -> PathBuf {
-    PathBuf::from(DEFAULT_USAGE_SPOOL)
-}
-fn default_channels() -> Vec<String> {
-    vec!["#agents".into()]
-}
-fn default_quit_message() -> String {
-    "shutting down".into()
-}
-
-impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, path)
-    }
-
-    /// Parses and validates `text`, naming `path` in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        config.validate(path)?;
-        Ok(config)
-    }
-
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, problem: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            problem,
-        };
-        valid_nick(&self.nick).map_err(|p| bad("nick", p))?;
-        for c in &self.irc.channels {
-            valid_channel(c).map_err(|p| bad("irc.channels", p))?;
-        }
-        valid_host_port(&self.irc.server).map_err(|p| bad("irc.server", p))?;
-        if has_line_breaks(&self.irc.quit_message) {
-            return Err(bad(
-                "irc.quit_message",
-                "must be one line without control characters".into(),
-            ));
-        }
-        valid_http_url(&self.ollama.url).map_err(|p| bad("ollama.url", p))?;
-        if self.ollama.model.is_empty() || self.ollama.model.chars().any(char::is_control) {
-            return Err(bad(
-                "ollama.model",
-                format!("must be a model name, got {:?}", self.ollama.model),
-            ));
-        }
-        if let Some(s) = &self.searxng {
-            valid_http_url(&s.url).map_err(|p| bad("searxng.url", p))?;
-        }
-        if !self.workspace.is_absolute() {
-            return Err(bad(
-                "workspace",
-                format!("must be an absolute path, got {:?}", self.workspace),
-            ));
-        }
-        if !self.usage_spool.is_absolute() {
-            return Err(bad(
-                "usage_spool",
-                format!("must be an absolute path, got {:?}", self.usage_spool),
-            ));
-        }
-        let l = &self.limits;
-        for (key, value) in [
-            ("limits.tool_rounds", l.tool_rounds as u64),
-            ("limits.history_messages", l.history_messages as u64),
-            ("limits.command_timeout_secs", l.command_timeout_secs),
-            ("limits.command_output_bytes", l.command_output_bytes as u64),
-            ("limits.memory_bytes", l.memory_bytes as u64),
-            ("limits.reply_bytes", l.reply_bytes as u64),
-            ("limits.reply_lines", l.reply_lines as u64),
-            ("limits.search_results", l.search_results as u64),
-            ("limits.ollama_timeout_secs", l.ollama_timeout_secs),
-            ("limits.answers_per_minute", l.answers_per_minute as u64),
-        ] {
-            if value == 0 {
-                return Err(bad(key, "must be at least 1".into()));
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 fn has_line_breaks(s: &str) -> bool {
@@ -301,7 +189,7 @@ model = "qwen2.5-coder:7b"
 "##;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/fireclaw/agent.toml"))
+        super::parse(text, Path::new("/etc/fireclaw/agent.toml"))
     }
 
     #[test]
@@ -368,6 +256,20 @@ model = "qwen2.5-coder:7b"
             .unwrap_err()
             .to_string()
             .contains("`workspace`"));
+    }
+
+    /// What the host serializes from `fireclaw_proto::agent::AgentConfig` is what the guest reads.
+    #[test]
+    fn the_hosts_serialized_config_parses_back_whole() {
+        let mut c = parse(GOOD).unwrap();
+        for searxng in [None, Some("http://10.0.0.1:8888/")] {
+            c.searxng = searxng.map(|url| Searxng { url: url.into() });
+            c.persona = "Line one.\nLine \"two\" with 'quotes' and # hash.".into();
+            c.limits.tool_rounds = 3;
+            c.irc.channels = vec!["#agents".into(), "#ops".into()];
+            let text = toml::to_string(&c).unwrap();
+            assert_eq!(parse(&text).unwrap(), c, "{text}");
+        }
     }
 
     #[test]

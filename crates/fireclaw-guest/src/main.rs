@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             init_logging();
             let spool = match (spool, config) {
                 (Some(s), _) => s,
-                (None, Some(c)) => match config::Config::load(&c) {
+                (None, Some(c)) => match config::load(&c) {
                     Ok(c) => c.usage_spool,
                     Err(e) => return fail(e),
                 },

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
+
 /// Version of the host ↔ guest messages; bumped on an incompatible change.
 pub const GUEST_PROTOCOL_VERSION: u32 = 1;
 
