@@ -1,8 +1,12 @@
 //! Types both sides of fireclaw's interfaces compile against: the control socket (runtime ↔ CLI)
-//! and host ↔ guest messages. Plain data with serde only, so the static guest binary can use them
+//! and host ↔ guest messages, plus the IRC text rules both the overseer and the guest agent
+//! follow. Plain data with serde and pure functions only, so the static guest binary can use them
 //! without pulling in anything host-specific.
 
 use serde::{Deserialize, Serialize};
+
+pub mod agent;
+pub mod text;
 
 /// Version of the host ↔ guest messages; bumped on an incompatible change.
 pub const GUEST_PROTOCOL_VERSION: u32 = 1;
@@ -31,6 +35,33 @@ impl GuestHealth {
     }
 }
 
+/// One interaction of a guest agent (a question answered, tools included), as the guest appends it
+/// to its usage spool and `fireclaw-guest usage --drain` prints it: one JSON object per line.
+///
+/// The record carries no agent name on purpose: the host attributes it to the VM whose spool it
+/// drained over its own SSH channel, so no agent can claim another's usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    /// Unique within the VM (`<at_unix_ms>-<pid>-<n>`): a drain that the host read but could not
+    /// acknowledge may be printed again, and the host drops the duplicate by this id.
+    pub id: String,
+    /// When the interaction ended, milliseconds since the Unix epoch (the guest's clock).
+    pub at_unix_ms: u64,
+    /// Wall-clock time from the question to the last line sent, in milliseconds.
+    pub duration_ms: u64,
+    /// The Ollama model that answered.
+    pub model: String,
+    /// Sum of Ollama's `prompt_eval_count` over every chat request of the interaction.
+    pub prompt_eval_count: u64,
+    /// Sum of Ollama's `eval_count` over every chat request of the interaction.
+    pub eval_count: u64,
+    /// How many `/api/chat` requests the interaction made (1 + one per tool round).
+    pub requests: u32,
+    /// False when the interaction ended in an error (the counts cover what was answered before).
+    pub ok: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +76,27 @@ mod tests {
         );
         let extra = r#"{"ok":true,"version":"1","protocol":1,"x":1}"#;
         assert!(serde_json::from_str::<GuestHealth>(extra).is_err());
+    }
+
+    #[test]
+    fn usage_record_is_one_json_line_and_refuses_unknown_fields() {
+        let r = UsageRecord {
+            id: "1-2-3".into(),
+            at_unix_ms: 1,
+            duration_ms: 2,
+            model: "m\nx".into(),
+            prompt_eval_count: 3,
+            eval_count: 4,
+            requests: 1,
+            ok: true,
+        };
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert!(!json.contains('\n'), "{json}");
+        assert_eq!(
+            serde_json::from_str::<UsageRecord>(&json).expect("parse"),
+            r
+        );
+        let forged = json.replace("\"ok\":true", "\"ok\":true,\"agent\":\"other\"");
+        assert!(serde_json::from_str::<UsageRecord>(&forged).is_err());
     }
 }

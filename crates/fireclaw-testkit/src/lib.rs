@@ -2,5 +2,7 @@
 //! started the way their distribution's unit starts them, and doubles of services that cannot be
 //! installed here, speaking the same documented protocol.
 
+pub mod irc;
 pub mod ngircd;
+pub mod ollama;
 pub mod unit;
