@@ -63,6 +63,16 @@ and changes nothing; it works without root.")]
     Run(RunArgs),
     /// Remove VMs (process, tap, lease, disk, sockets) left behind by a fireclaw that died.
     Gc(GcArgs),
+    /// The service: warm pool, agents and the control socket (systemd runs this).
+    Runtime(RuntimeArgs),
+    /// List the VMs the runtime knows: id, image, address, state, age, origin, owner.
+    Ps(PsArgs),
+    /// Run a command in a VM through the runtime.
+    Exec(ExecArgs),
+    /// Remove a VM through the runtime (its process, tap, lease, disk and sockets).
+    Rm(RmArgs),
+    /// Print a VM's console log through the runtime; -f follows it.
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -159,4 +169,63 @@ pub struct GcArgs {
     pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+// ---- The runtime and its clients (`fireclaw runtime`, `ps`, `exec`, `rm`, `logs`). ----
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "The service systemd starts (fireclaw.service, Type=notify).\n\n\
+At start it puts the host back as provision left it (bridge, address, forwarding, nftables table, \
+thin pool), tears down VMs that died and re-adopts kept VMs that still run, then serves the control \
+socket <run_dir>/fireclaw.sock (0660 root:fireclaw; API in docs/api.md) and tells systemd it is \
+ready. SIGHUP reloads the [pool] section of the configuration; SIGTERM or SIGINT stop it and leave \
+kept VMs running for the next start to re-adopt."
+)]
+pub struct RuntimeArgs {
+    /// Log filter, as RUST_LOG takes it (`info`, `debug`, `fireclaw=debug,hyper=warn`). Overrides
+    /// RUST_LOG; the default is `info`.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Machine-readable output (the API's VM list).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run a command in a VM the runtime knows, over SSH, and exit with its \
+exit code. Output is printed when the command ends (each stream is cut at 1 MiB)."
+)]
+pub struct ExecArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Give up after this many seconds (exit 124).
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Keep printing what the console writes until the VM goes away or Ctrl-C.
+    #[arg(long, short)]
+    pub follow: bool,
 }

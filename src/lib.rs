@@ -13,6 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod report;
 pub mod root;
+pub mod runtime;
 pub mod state;
 pub mod storage;
 pub mod template;

@@ -4,11 +4,8 @@ use fireclaw::cli::{Cli, Command};
 use fireclaw::commands::{self, Env};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    commands::runtime::init_tracing(&cli.command);
     let code = Env::load(&cli.global).and_then(|env| match &cli.command {
         Command::Provision(a) => commands::provision::run(&env, a),
         Command::Uninstall(a) => commands::uninstall::run(&env, a),
@@ -17,6 +14,11 @@ fn main() {
         Command::Image(a) => commands::image::run(&env, a),
         Command::Run(a) => commands::run::run(&env, a),
         Command::Gc(a) => commands::gc::run(&env, a),
+        Command::Runtime(a) => commands::runtime::run(&env, a, cli.global.config.as_deref()),
+        Command::Ps(a) => commands::ps::run(&env, a),
+        Command::Exec(a) => commands::exec::run(&env, a),
+        Command::Rm(a) => commands::rm::run(&env, a),
+        Command::Logs(a) => commands::logs::run(&env, a),
         Command::Config => {
             print!("{}", toml::to_string_pretty(&env.config)?);
             Ok(0)

@@ -1,10 +1,15 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
 pub mod doctor;
+pub mod exec;
 pub mod gc;
 pub mod image;
+pub mod logs;
 pub mod provision;
+pub mod ps;
+pub mod rm;
 pub mod run;
+pub mod runtime;
 pub mod shell;
 pub mod status;
 pub mod uninstall;

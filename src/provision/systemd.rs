@@ -102,6 +102,10 @@ mod tests {
         let u = render_unit("/usr/local/bin/fireclaw").unwrap();
         for needle in [
             "ExecStart=/usr/local/bin/fireclaw runtime",
+            "Type=notify",
+            "NotifyAccess=main",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "Documentation=man:fireclaw(1)",
             "Restart=on-failure",
             "KillMode=process",
             "After=network-online.target ngircd.service",

@@ -2,6 +2,8 @@
 //! and host ↔ guest messages. Plain data with serde only, so the static guest binary can use them
 //! without pulling in anything host-specific.
 
+pub mod control;
+
 use serde::{Deserialize, Serialize};
 
 /// Version of the host ↔ guest messages; bumped on an incompatible change.

@@ -11,6 +11,7 @@
 //! guest, a container, an initramfs).
 
 pub mod adapter;
+pub mod recorded;
 pub mod store;
 pub mod table;
 
