@@ -119,6 +119,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 async fn serve(opts: Options) -> anyhow::Result<()> {
+    // First of all: a SIGTERM during start-up must stop us cleanly, not kill us half-way.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     if !opts.db_path.exists() {
         anyhow::bail!(
             "this host is not provisioned ({} does not exist): run `fireclaw provision` first",
@@ -160,9 +164,6 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 
     let supervisor = tokio::spawn(vms::supervise(service.clone(), stop_rx.clone()));
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let why = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",

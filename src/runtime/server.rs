@@ -404,3 +404,170 @@ async fn console(
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    fn service(dir: &Path) -> Svc {
+        let root = crate::root::RootPrefix::new(dir);
+        let opts = super::super::Options {
+            root,
+            config: crate::config::Config::default(),
+            config_path: None,
+            db_path: dir.join("state.db"),
+        };
+        Arc::new(Service::new(
+            &opts,
+            Access {
+                group: "fireclaw".into(),
+                gid: nix::unistd::Gid::from_raw(4242),
+            },
+        ))
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, String) {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Every error is JSON `{"error": ...}` with a message that says what was wrong.
+    fn error_of(body: &str) -> String {
+        serde_json::from_str::<ErrorBody>(body)
+            .unwrap_or_else(|e| panic!("not an error body ({e}): {body}"))
+            .error
+    }
+
+    #[tokio::test]
+    async fn hostile_requests_get_400_404_405_413_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(service(dir.path()));
+        let exec = |id: &str| format!("/v1/vms/{id}/exec");
+        let good = br#"{"argv":["true"]}"#.to_vec();
+        for (method, uri, body, status, needle) in [
+            (
+                "GET",
+                "/v2/vms".to_string(),
+                vec![],
+                404,
+                "no such endpoint",
+            ),
+            ("GET", "/".to_string(), vec![], 404, "no such endpoint"),
+            (
+                "GET",
+                "/v1/vms/../../etc/passwd".to_string(),
+                vec![],
+                404,
+                "no such endpoint",
+            ),
+            ("PUT", "/v1/health".to_string(), vec![], 405, "not allowed"),
+            (
+                "DELETE",
+                "/v1/vms/..%2F..%2Fetc".to_string(),
+                vec![],
+                400,
+                "invalid VM id",
+            ),
+            (
+                "DELETE",
+                "/v1/vms/fcbr0".to_string(),
+                vec![],
+                400,
+                "invalid VM id",
+            ),
+            (
+                "DELETE",
+                "/v1/vms/0123456789AB".to_string(),
+                vec![],
+                400,
+                "invalid VM id",
+            ),
+            (
+                "POST",
+                exec("0123456789abc"),
+                good.clone(),
+                400,
+                "invalid VM id",
+            ),
+            (
+                "POST",
+                exec("0123456789ab"),
+                b"{not json".to_vec(),
+                400,
+                "malformed JSON",
+            ),
+            ("POST", exec("0123456789ab"), vec![], 400, "malformed JSON"),
+            (
+                "POST",
+                exec("0123456789ab"),
+                br#"{"argv":["x"],"path":"/etc"}"#.to_vec(),
+                400,
+                "unknown field",
+            ),
+            (
+                "POST",
+                exec("0123456789ab"),
+                br#"{"argv":[]}"#.to_vec(),
+                400,
+                "argv is empty",
+            ),
+            (
+                "POST",
+                exec("0123456789ab"),
+                vec![b'x'; proto::MAX_REQUEST_BYTES + 1],
+                413,
+                "too large",
+            ),
+            (
+                "GET",
+                "/v1/vms/0123456789ab/console?follow=yes".to_string(),
+                vec![],
+                400,
+                "follow",
+            ),
+            (
+                "GET",
+                "/v1/vms/0123456789ab/console?file=/etc/shadow".to_string(),
+                vec![],
+                400,
+                "bad query",
+            ),
+        ] {
+            let (got, body) = call(&app, method, &uri, body).await;
+            assert_eq!(got.as_u16(), status, "{method} {uri}: {body}");
+            let msg = error_of(&body);
+            assert!(msg.contains(needle), "{method} {uri}: {msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn health_answers_and_the_forbidden_service_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(service(dir.path()));
+        let (status, body) = call(&app, "GET", "/v1/health", vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let h: Health = serde_json::from_str(&body).unwrap();
+        assert_eq!((h.ok, h.api.as_str()), (true, proto::API_VERSION));
+        let no = Router::new().fallback(forbidden);
+        let (status, body) = call(&no, "GET", "/v1/health", vec![]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(error_of(&body).contains("group fireclaw"));
+    }
+}
