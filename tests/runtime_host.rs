@@ -688,3 +688,81 @@ fn the_unit_passes_systemd_analyze_verify() {
         assert!(text.contains(needle), "{needle}");
     }
 }
+
+#[test]
+#[ignore = "host tier: needs root and groupadd; run with --include-ignored"]
+fn provision_group_action_creates_and_its_undo_removes_the_group() {
+    if !tier("host", true, &["groupadd", "groupdel"]) {
+        return;
+    }
+    use fireclaw::plan::Action;
+    let name = format!("fct{}", std::process::id() % 100_000);
+    assert!(nix::unistd::Group::from_name(&name).unwrap().is_none());
+    let root = fireclaw::root::RootPrefix::new("/");
+    let action = Action::CreateGroup { name: name.clone() };
+    let (undo, backup) = action.prepare_undo(&root).unwrap();
+    action
+        .execute(&root, &fireclaw::config::Config::default())
+        .unwrap();
+    assert!(nix::unistd::Group::from_name(&name).unwrap().is_some());
+    // Idempotent both ways: a second create and a second undo are no-ops.
+    action
+        .execute(&root, &fireclaw::config::Config::default())
+        .unwrap();
+    undo.revert(&root, backup.as_deref()).unwrap();
+    assert!(nix::unistd::Group::from_name(&name).unwrap().is_none());
+    undo.revert(&root, backup.as_deref()).unwrap();
+}
+
+#[test]
+#[ignore = "host tier: needs root, ip, nft, setpriv, python3; run with --include-ignored"]
+fn logs_print_and_follow_the_console_until_the_vm_goes() {
+    if !host_tier() {
+        return;
+    }
+    let fx = fixture("rt-logs");
+    let id = "c0de00000004";
+    let mut stand_in = fx.stand_in(id);
+    fx.insert_kept(id, Some(stand_in.id()));
+    let console = fx.run_dir(id).join("console.log");
+    std::fs::write(&console, "boot line one\n").unwrap();
+    let rt = fx.start();
+    let out = run_ok(&mut fx.fireclaw(&["logs", id]));
+    assert_eq!(out, "boot line one\n");
+
+    let follow_out = fx.base.join("follow.out");
+    let mut follow = fx
+        .fireclaw(&["logs", "-f", id])
+        .stdout(std::fs::File::create(&follow_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&follow_out).unwrap_or_default() == "boot line one\n"
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .unwrap();
+    f.write_all(b"login: \n").unwrap();
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&follow_out).unwrap_or_default() == "boot line one\nlogin: \n"
+    });
+    // Removing the VM ends the stream, and `logs -f` exits 0.
+    run_ok(&mut fx.fireclaw(&["rm", id]));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = follow.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "logs -f did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let _ = stand_in.wait();
+    let (exit, log) = rt.stop();
+    assert!(exit.success(), "{log}");
+}

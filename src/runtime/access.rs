@@ -115,3 +115,19 @@ mod tests {
         assert_eq!(parse_groups("Name: x\n"), None);
     }
 }
+
+#[cfg(test)]
+mod missing_group {
+    #[test]
+    fn a_missing_group_is_a_refusal_that_says_what_to_do() {
+        let e = super::Access::from_system("fireclaw-no-such-group-x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group `fireclaw-no-such-group-x` does not exist")
+                && e.contains("fireclaw provision")
+                && e.contains("groupadd --system"),
+            "{e}"
+        );
+    }
+}
