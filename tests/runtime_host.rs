@@ -6,12 +6,12 @@ mod support;
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use support::runtime::{wait_for, GroupGuard, Runtime};
 use support::{run, run_ok, tier, NetNs};
 
 fn host_tier() -> bool {
@@ -20,35 +20,6 @@ fn host_tier() -> bool {
         true,
         &["ip", "nft", "setpriv", "python3", "groupadd"],
     )
-}
-
-/// The `fireclaw` group for the duration of the tests that need it: created when missing and
-/// removed when the last user is done, so the host is left as it was.
-static GROUP: Mutex<(usize, bool)> = Mutex::new((0, false));
-
-struct GroupGuard;
-
-impl GroupGuard {
-    fn new() -> GroupGuard {
-        let mut g = GROUP.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 == 0 && nix::unistd::Group::from_name("fireclaw").unwrap().is_none() {
-            run_ok(Command::new("groupadd").args(["--system", "fireclaw"]));
-            g.1 = true;
-        }
-        g.0 += 1;
-        GroupGuard
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let mut g = GROUP.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 -= 1;
-        if g.0 == 0 && g.1 {
-            let _ = Command::new("groupdel").arg("fireclaw").status();
-            g.1 = false;
-        }
-    }
 }
 
 struct Fixture {
@@ -115,37 +86,7 @@ impl Fixture {
 
     /// Starts the runtime with a NOTIFY_SOCKET the test reads, and waits for READY=1.
     fn start(&self) -> Runtime {
-        let notify_path = self.base.join(format!(
-            "notify-{}.sock",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let log = self.base.join(format!(
-            "runtime-{}.log",
-            std::fs::read_dir(&self.base).unwrap().count()
-        ));
-        let child = self
-            .fireclaw(&["runtime"])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn runtime");
-        let mut rt = Runtime {
-            child,
-            notify,
-            log,
-            messages: Vec::new(),
-        };
-        rt.wait_message("READY=1", Duration::from_secs(60));
-        rt
+        Runtime::start(self.fireclaw(&["runtime"]), &self.base)
     }
 
     /// One raw HTTP/1.1 request on the control socket; the status and the body.
@@ -219,96 +160,6 @@ impl Fixture {
             .expect("stand-in");
         wait_for(Duration::from_secs(10), || sock.exists());
         child
-    }
-}
-
-struct Runtime {
-    child: Child,
-    notify: UnixDatagram,
-    log: PathBuf,
-    messages: Vec<String>,
-}
-
-impl Runtime {
-    fn wait_message(&mut self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        while !self.messages.iter().any(|m| m.lines().any(|l| l == needle)) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the runtime exited ({status}) before {needle}:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no {needle} from the runtime within {timeout:?}:\n{}",
-                self.log_text()
-            );
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                self.messages
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log_text().contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the runtime did not log {needle:?}:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
-            .expect("signal runtime");
-    }
-
-    /// SIGTERM, then the exit status (waits at most 30 s).
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait_message("STOPPING=1", Duration::from_secs(30));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return (status, self.log_text());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the runtime did not exit after SIGTERM:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "condition not met within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
