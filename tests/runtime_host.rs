@@ -339,9 +339,25 @@ fn dead_vms_are_torn_down_and_live_kept_vms_readopted_and_left_running() {
         (live, "adopted", "kept")
     );
 
-    // SIGTERM leaves the kept VM and its row for the next start.
+    // SIGTERM leaves the kept VM and its row for the next start, and ends a console follower
+    // at once rather than waiting for it.
+    let mut follower = fx
+        .fireclaw(&["logs", "-f", live])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "stop took {:?} with a follower attached",
+        stopping.elapsed()
+    );
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(fx.row_exists(live));
     assert!(
         stand_in.try_wait().unwrap().is_none(),
@@ -371,6 +387,19 @@ fn malformed_oversized_and_unknown_requests_are_refused() {
     let rt = fx.start();
     let (status, _) = fx.http(b"NONSENSE\r\n\r\n");
     assert_eq!(status, 400, "not HTTP");
+    // Headers that never finish: the connection is closed, not held.
+    let mut slow = UnixStream::connect(fx.socket()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\n").unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "a stalled request held its connection for {:?}",
+        t.elapsed()
+    );
     let (status, body) = fx.get("/v1/nope");
     assert_eq!(status, 404);
     assert!(body.contains("\"error\""), "{body}");

@@ -146,7 +146,7 @@ pub fn follow_console(
     };
     futures::stream::unfold(st, |mut st| async move {
         loop {
-            if st.done {
+            if st.done || st.service.is_stopping() {
                 return None;
             }
             match read_from(&st.path, st.offset).await {

@@ -67,6 +67,8 @@ pub struct Service {
     pub(crate) pool: Arc<dyn pool::WarmPool>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) access: access::Access,
+    /// Set when the runtime stops: long-lived responses (console follow) end at once.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -85,7 +87,18 @@ impl Service {
             pool: Arc::new(pool::NoPool),
             metrics: metrics::Metrics::new(),
             access,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The warm pool this service reports and shuts down (the default is [`pool::NoPool`]).
+    pub fn with_pool(mut self, pool: Arc<dyn pool::WarmPool>) -> Service {
+        self.pool = pool;
+        self
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A snapshot of the host context with the configuration in effect.
@@ -176,6 +189,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     };
     tracing::info!("{why}: stopping; kept VMs stay running for the next start to re-adopt");
     notify(&[sd_notify::NotifyState::Stopping]);
+    service
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
     // In-flight requests get a moment to finish; the socket stops accepting at once.
     let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;

@@ -31,6 +31,9 @@ use super::{vms, Service};
 
 type Svc = Arc<Service>;
 
+/// How long a connection may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds the socket `0660 root:<group>`. A socket file left by a runtime that died is replaced;
 /// one that answers belongs to a running runtime, and this one refuses to start.
 pub async fn bind(socket: &Path, access: &Access) -> anyhow::Result<UnixListener> {
@@ -108,7 +111,10 @@ pub async fn accept_loop(
         };
         let mut stop = stop.clone();
         conns.spawn(async move {
+            // A client that opens a connection and sends nothing does not hold it for ever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
             tokio::pin!(conn);
             tokio::select! {
