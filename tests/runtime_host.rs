@@ -341,7 +341,7 @@ fn dead_vms_are_torn_down_and_live_kept_vms_readopted_and_left_running() {
 
     // SIGTERM leaves the kept VM and its row for the next start, and ends a console follower
     // at once rather than waiting for it.
-    let mut follower = fx
+    let follower = fx
         .fireclaw(&["logs", "-f", live])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
