@@ -185,8 +185,15 @@ kept VMs running for the next start to re-adopt."
 pub struct RuntimeArgs {
     /// Log filter, as RUST_LOG takes it (`info`, `debug`, `fireclaw=debug,hyper=warn`). Overrides
     /// RUST_LOG; the default is `info`.
-    #[arg(long, value_name = "FILTER")]
+    #[arg(long, value_name = "FILTER", value_parser = log_filter)]
     pub log_level: Option<String>,
+}
+
+/// A `--log-level` that tracing cannot parse is a usage error, not a silent default.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e} (examples: info, debug, fireclaw=debug,hyper=warn)"))
 }
 
 #[derive(Debug, Args)]

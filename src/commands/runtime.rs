@@ -9,7 +9,12 @@ use crate::runtime::{self, client};
 
 /// `_args` is read by [`init_tracing`] before the environment is loaded.
 pub fn run(env: &Env, _args: &RuntimeArgs, config_path: Option<&Path>) -> anyhow::Result<i32> {
-    env.require_root("fireclaw runtime")?;
+    if !env.privileged {
+        anyhow::bail!(
+            "fireclaw runtime manages links, nftables rules and VMs and needs root: \
+             `sudo systemctl start fireclaw`, or `sudo fireclaw runtime` in a terminal"
+        );
+    }
     runtime::run(runtime::Options {
         root: env.root.clone(),
         config: env.config.clone(),
