@@ -25,32 +25,22 @@ pub fn run(env: &Env, _args: &RuntimeArgs, config_path: Option<&Path>) -> anyhow
 }
 
 /// Logging for every command: RUST_LOG as usual; the runtime logs at `info` unless told
-/// otherwise (`--log-level` over RUST_LOG). Under systemd (JOURNAL_STREAM set) stderr goes to the
-/// journal, which stamps each line itself, so the timestamp and colours are left out.
+/// otherwise (`--log-level` over RUST_LOG), with journald priorities under systemd.
 pub fn init_tracing(command: &Command) {
     use tracing_subscriber::EnvFilter;
     let filter = match command {
         Command::Runtime(a) => match (&a.log_level, std::env::var("RUST_LOG")) {
-            (Some(level), _) => EnvFilter::try_new(level).unwrap_or_else(|e| {
-                eprintln!("warning: --log-level {level:?}: {e}; using info");
-                EnvFilter::new("info")
-            }),
+            // Validated by clap already.
+            (Some(level), _) => {
+                EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"))
+            }
             (None, Ok(env)) if !env.is_empty() => EnvFilter::from_default_env(),
             // rtnetlink's parser warns about every attribute newer than itself: noise for operators.
             (None, _) => EnvFilter::new("info,netlink_packet_route=error"),
         },
         _ => EnvFilter::from_default_env(),
     };
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
-    } else {
-        builder.init();
-    }
+    runtime::logging::init(filter, std::env::var_os("JOURNAL_STREAM").is_some());
 }
 
 /// The control socket's client for this root and configuration.

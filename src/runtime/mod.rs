@@ -12,6 +12,7 @@
 pub mod access;
 pub mod client;
 mod exec;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
