@@ -8,7 +8,7 @@
 //! control socket stays useful (`ps`, `rm`) on a host that cannot start VMs.
 
 use crate::net::{host as nethost, nft, Ipv4Cidr};
-use crate::storage::thin::{self, recorded, ThinEngine, ThinError};
+use crate::storage::thin::{self, recorded, store, ThinEngine, ThinError};
 use crate::vm::{self, Host};
 
 use super::Service;
@@ -85,7 +85,7 @@ pub fn restore_thin_pool(host: &Host) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let db = host.db()?;
-    if !recorded::is_recorded(&db)? {
+    if !store::has_tables(&db)? || store::pool(&db, thin::DEFAULT_POOL_NAME)?.is_none() {
         return Ok(None);
     }
     let spec = recorded::recorded_spec(

@@ -30,8 +30,3 @@ pub fn recorded_spec(
     }
     Ok(spec)
 }
-
-/// Whether the database records a pool at all.
-pub fn is_recorded(db: &Db) -> Result<bool, ThinError> {
-    Ok(store::has_tables(db)? && store::pool(db, DEFAULT_POOL_NAME)?.is_some())
-}
