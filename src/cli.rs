@@ -120,6 +120,31 @@ sudo fireclaw gc --dry-run\n  \
 sudo fireclaw gc\n  \
 sudo fireclaw gc --vm fc-1a2b3c")]
     Gc(GcArgs),
+    /// The service: warm pool, agents and the control socket (systemd runs this).
+    #[command(after_help = "Examples:\n  \
+sudo systemctl start fireclaw          # as the unit runs it\n  \
+sudo fireclaw runtime --log-level debug\n  \
+sudo systemctl reload fireclaw         # SIGHUP: re-read [pool]")]
+    Runtime(RuntimeArgs),
+    /// List the VMs the runtime knows: id, image, address, state, age, origin, owner.
+    #[command(after_help = "Examples:\n  \
+fireclaw ps\n  \
+fireclaw ps --json")]
+    Ps(PsArgs),
+    /// Run a command in a VM through the runtime.
+    #[command(after_help = "Examples:\n  \
+fireclaw exec 0123456789ab -- uname -a\n  \
+fireclaw exec 0123456789ab -- sh -c 'df -h /workspace'")]
+    Exec(ExecArgs),
+    /// Remove a VM through the runtime (its process, tap, lease, disk and sockets).
+    #[command(after_help = "Examples:\n  \
+fireclaw rm 0123456789ab")]
+    Rm(RmArgs),
+    /// Print a VM's console log through the runtime; -f follows it.
+    #[command(after_help = "Examples:\n  \
+fireclaw logs 0123456789ab\n  \
+fireclaw logs -f 0123456789ab")]
+    Logs(LogsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Examples:\n  \
 fireclaw completions bash > /usr/share/bash-completion/completions/fireclaw\n  \
@@ -394,6 +419,72 @@ pub fn subcommand_name(args: &[std::ffi::OsString]) -> Option<String> {
             .map(|c| c.get_name().to_string());
     }
     None
+}
+
+// ---- The runtime and its clients (`fireclaw runtime`, `ps`, `exec`, `rm`, `logs`). ----
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "The service systemd starts (fireclaw.service, Type=notify).\n\n\
+At start it puts the host back as provision left it (bridge, address, forwarding, nftables table, \
+thin pool), tears down VMs that died and re-adopts kept VMs that still run, then serves the control \
+socket <run_dir>/fireclaw.sock (0660 root:fireclaw; API in docs/api.md) and tells systemd it is \
+ready. SIGHUP reloads the [pool] section of the configuration; SIGTERM or SIGINT stop it and leave \
+kept VMs running for the next start to re-adopt."
+)]
+pub struct RuntimeArgs {
+    /// Log filter, as RUST_LOG takes it (`info`, `debug`, `fireclaw=debug,hyper=warn`). Overrides
+    /// RUST_LOG; the default is `info`.
+    #[arg(long, value_name = "FILTER", value_parser = log_filter)]
+    pub log_level: Option<String>,
+}
+
+/// A `--log-level` that tracing cannot parse is a usage error, not a silent default.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e} (examples: info, debug, fireclaw=debug,hyper=warn)"))
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Machine-readable output (the API's VM list).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run a command in a VM the runtime knows, over SSH, and exit with its \
+exit code. Output is printed when the command ends (each stream is cut at 1 MiB)."
+)]
+pub struct ExecArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Give up after this many seconds (exit 124).
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The VM's id (12 hex digits, from `fireclaw ps`).
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// Keep printing what the console writes until the VM goes away or Ctrl-C.
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[cfg(test)]

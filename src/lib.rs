@@ -16,6 +16,7 @@ pub mod pool;
 pub mod provision;
 pub mod report;
 pub mod root;
+pub mod runtime;
 pub mod state;
 pub mod storage;
 pub mod template;

@@ -2,15 +2,16 @@ use fireclaw::cli::{self, Command};
 use fireclaw::commands::{self, Env};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = cli::parse();
-    let output = commands::output::protect();
+    commands::runtime::init_tracing(&cli.command);
+    // The service's stderr is journald's socket and its VMs outlive it: no relay in between (see
+    // commands::output for why the other commands have one).
+    let output = (!matches!(cli.command, Command::Runtime(_))).then(commands::output::protect);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&cli)));
     // Flush what the relays still hold before exiting, a panic's message included.
-    output.finish();
+    if let Some(output) = output {
+        output.finish();
+    }
     std::process::exit(result.unwrap_or(101));
 }
 
@@ -27,6 +28,11 @@ fn dispatch(cli: &cli::Cli) -> i32 {
             Command::Run(a) => commands::run::run(&env, a),
             Command::Gc(a) => commands::gc::run(&env, a),
             Command::Config(a) => commands::config::run(&env, a),
+            Command::Runtime(a) => commands::runtime::run(&env, a, cli.global.config.as_deref()),
+            Command::Ps(a) => commands::ps::run(&env, a),
+            Command::Exec(a) => commands::exec::run(&env, a),
+            Command::Rm(a) => commands::rm::run(&env, a),
+            Command::Logs(a) => commands::logs::run(&env, a),
             Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
         }),
     };

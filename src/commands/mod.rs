@@ -3,11 +3,16 @@
 pub mod completions;
 pub mod config;
 pub mod doctor;
+pub mod exec;
 pub mod gc;
 pub mod image;
+pub mod logs;
 pub mod output;
 pub mod provision;
+pub mod ps;
+pub mod rm;
 pub mod run;
+pub mod runtime;
 pub mod shell;
 pub mod status;
 pub mod uninstall;

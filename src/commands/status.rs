@@ -234,6 +234,7 @@ pub fn run(env: &Env, args: &JsonFlag) -> anyhow::Result<i32> {
         ),
         ThinPoolStatus::Error { message } => println!("thin pool: {message}"),
     }
+    super::runtime::print_status(env);
     Ok(0)
 }
 

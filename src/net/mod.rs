@@ -1,5 +1,6 @@
 //! Host networking: links and addresses over rtnetlink, fireclaw's nftables table, sysctls.
 
+pub mod host;
 pub mod lease;
 pub mod link;
 pub mod nft;

@@ -96,6 +96,12 @@ pub enum Action {
     Systemctl {
         args: Vec<String>,
     },
+    /// A system group (`groupadd --system`): `fireclaw`, whose members may use the runtime's
+    /// control socket. Planned only when the group is missing, so its undo removes only a group
+    /// provision created.
+    CreateGroup {
+        name: String,
+    },
     /// Create the dm thin pool: sparse files under `<state_dir>/pool`, loop devices, the thin-pool
     /// target. Recorded in the state database, from which it is re-activated after a reboot.
     CreateThinPool {
@@ -194,6 +200,10 @@ pub enum Undo {
     Systemctl {
         args: Vec<String>,
     },
+    /// `groupdel`, if the group still exists.
+    DeleteGroup {
+        name: String,
+    },
     /// Remove the thin pool's devices (VM disks, volumes, pool, loop devices), rows and files.
     DestroyThinPool {
         state_dir: String,
@@ -279,6 +289,7 @@ impl Action {
                 format!("nft -f - (table {family} {name}, ruleset below)")
             }
             Action::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Action::CreateGroup { name } => format!("groupadd --system {name}"),
             Action::CreateThinPool {
                 state_dir,
                 data_mib,
@@ -380,6 +391,7 @@ impl Action {
                 },
                 None,
             ),
+            Action::CreateGroup { name } => (Undo::DeleteGroup { name: name.clone() }, None),
             Action::Build {
                 outputs, scratch, ..
             } => (
@@ -444,6 +456,7 @@ impl Action {
             Action::SetSysctl { key, value } => crate::net::sysctl::write(key, value),
             Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
             Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Action::CreateGroup { name } => crate::provision::group::create(name),
             Action::Build { id, .. } => crate::provision::build(root, config, id),
             Action::CreateThinPool {
                 state_dir,
@@ -533,6 +546,7 @@ impl Undo {
                 format!("nft delete table {family} {name} (restoring any previous table)")
             }
             Undo::Systemctl { args } => format!("systemctl {}", args.join(" ")),
+            Undo::DeleteGroup { name } => format!("groupdel {name}"),
             Undo::DestroyThinPool { state_dir } => format!(
                 "remove thin pool fireclaw-pool (VM disks, volumes, loop devices) and {}",
                 crate::storage::thin::pool_dir(state_dir)
@@ -588,6 +602,7 @@ impl Undo {
                 }
             }
             Undo::Systemctl { args } => crate::provision::systemd::systemctl(args),
+            Undo::DeleteGroup { name } => crate::provision::group::delete(name),
             Undo::DestroyThinPool { state_dir } => {
                 crate::provision::thinpool::destroy(root, state_dir)
             }

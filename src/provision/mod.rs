@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod firecracker;
+pub mod group;
 pub mod keys;
 pub mod layout;
 pub mod network;

@@ -98,6 +98,20 @@ impl Step for Unit {
             0o755,
             &mut plan.actions,
         )?;
+        // The runtime's control socket is 0660 root:fireclaw, and the runtime refuses to start
+        // without the group.
+        if ctx.root.is_system() {
+            if !super::group::exists(super::group::GROUP)? {
+                plan.actions.push(Action::CreateGroup {
+                    name: super::group::GROUP.into(),
+                });
+            }
+        } else {
+            plan.notes.push(format!(
+                "group {} is host-global: created only when provisioning / (the runtime needs it)",
+                super::group::GROUP
+            ));
+        }
         let active = super::systemd_active(ctx.root);
         if let Some(mut a) =
             files::plan_file(ctx, &path, render_unit(&binary)?.into_bytes(), 0o644)?
@@ -146,6 +160,10 @@ mod tests {
         let u = render_unit("/usr/local/bin/fireclaw").unwrap();
         for needle in [
             "ExecStart=/usr/local/bin/fireclaw runtime",
+            "Type=notify",
+            "NotifyAccess=main",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "Documentation=man:fireclaw(1)",
             "Restart=on-failure",
             "KillMode=process",
             "After=network-online.target ngircd.service",

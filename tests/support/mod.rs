@@ -5,6 +5,8 @@
 pub mod guest;
 /// Minirootfs-shaped trees and image inspection for the image tests.
 pub mod image;
+/// The runtime's tests: the socket group, a started runtime.
+pub mod runtime;
 /// The thin pool's fixtures (kernel tier and the thin benchmark).
 pub mod thin;
 /// The VM tests' guest fixture, namespace with a bridge, and temporary root.

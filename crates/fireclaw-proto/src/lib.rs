@@ -3,6 +3,8 @@
 //! follow. Plain data with serde and pure functions only, so the static guest binary can use them
 //! without pulling in anything host-specific.
 
+pub mod control;
+
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
