@@ -8,7 +8,11 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(commands::run::usage_exit_code(&e, &argv));
+    });
     let code = Env::load(&cli.global).and_then(|env| match &cli.command {
         Command::Provision(a) => commands::provision::run(&env, a),
         Command::Uninstall(a) => commands::uninstall::run(&env, a),
@@ -26,7 +30,12 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            // run's own failures (a bad config included) must not look like the command's.
+            let fireclaw_failed = match cli.command {
+                Command::Run(_) => commands::run::EXIT_FIRECLAW,
+                _ => 1,
+            };
+            std::process::exit(fireclaw_failed);
         }
     }
 }

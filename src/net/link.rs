@@ -1,5 +1,6 @@
-//! Links and addresses over rtnetlink. Each call opens its own netlink connection on a small
-//! current-thread runtime: provisioning makes a handful of calls, and this keeps the callers sync.
+//! Links and addresses over rtnetlink. The `*_async` functions take a handle from a
+//! [`Netlink`]; the synchronous ones (what provisioning calls) open a private connection per
+//! call: provisioning makes a handful of calls, and this keeps its callers synchronous.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -9,6 +10,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
+use super::netlink::Netlink;
 use super::Ipv4Cidr;
 
 /// What the kernel says about one link.
@@ -20,19 +22,11 @@ pub struct LinkState {
     pub ipv4: Vec<Ipv4Cidr>,
 }
 
+/// The synchronous façade provisioning uses: a private connection in the calling thread's
+/// namespace, driven by its own thread, so this is safe to call from inside a tokio runtime too.
 fn run<T>(f: impl AsyncFnOnce(Handle) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting netlink runtime")?;
-    rt.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening a netlink socket")?;
-        let task = tokio::spawn(connection);
-        let result = f(handle).await;
-        task.abort();
-        result
-    })
+    let nl = Netlink::open()?;
+    nl.block_on(f(nl.handle().clone()))
 }
 
 async fn find(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {

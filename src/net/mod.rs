@@ -2,6 +2,7 @@
 
 pub mod lease;
 pub mod link;
+pub mod netlink;
 pub mod nft;
 pub mod policy;
 pub mod sysctl;

@@ -289,6 +289,7 @@ impl Vmm for Firecracker {
             spec: spec.clone(),
             program,
             timeout: self.api_timeout,
+            detached: false,
         }))
     }
 }
@@ -337,6 +338,8 @@ pub struct FirecrackerInstance {
     spec: VmSpec,
     program: String,
     timeout: Duration,
+    /// Set by [`Instance::detach`]: dropping the handle leaves Firecracker running.
+    detached: bool,
 }
 
 impl Instance for FirecrackerInstance {
@@ -376,10 +379,16 @@ impl Instance for FirecrackerInstance {
         // Firecracker's serial console is its stdout.
         tail_of(&self.spec.vmm_log(), 15)
     }
+
+    fn detach(&mut self) {
+        self.detached = true;
+    }
 }
 
 impl Drop for FirecrackerInstance {
     fn drop(&mut self) {
-        kill_child(&mut self.child);
+        if !self.detached {
+            kill_child(&mut self.child);
+        }
     }
 }

@@ -49,6 +49,23 @@ pub enum VmmError {
     },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
+    /// QEMU answered the command with an error (`class` is QMP's, e.g. `CommandNotFound`).
+    #[error("QMP {command}: {desc} ({class})")]
+    QmpRefused {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    /// QEMU closed the monitor: it is exiting or gone.
+    #[error("QMP {command}: QEMU closed the monitor connection")]
+    QmpClosed { command: String },
+    /// QEMU sent something that is not QMP.
+    #[error("QMP {command}: {source}")]
+    QmpProtocol {
+        command: String,
+        #[source]
+        source: qmp::QmpError,
+    },
     #[error("Firecracker API {method} {path}: {message}")]
     Api {
         method: String,
@@ -155,12 +172,22 @@ pub trait Instance: Send {
     fn kill(&mut self) -> Result<(), VmmError>;
     /// The last lines the guest printed on its console, for error messages.
     fn console_tail(&self) -> String;
+    /// Lets the VMM outlive this handle: dropping the instance afterwards closes its monitor
+    /// connection but does not kill it. The process stays the caller's child, to be reaped by
+    /// whoever detached it (`vm::KeptMachine` does).
+    fn detach(&mut self);
+}
+
+/// Engine settings chosen by the caller (the library reads no environment variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmmOptions {
+    pub qemu: qemu::QemuOptions,
 }
 
 /// Picks the engine for `kind`.
-pub fn engine(kind: VmmKind, bin_dir: &Path) -> Box<dyn Vmm> {
+pub fn engine(kind: VmmKind, bin_dir: &Path, opts: &VmmOptions) -> Box<dyn Vmm> {
     match kind {
-        VmmKind::Qemu => Box::new(qemu::Qemu::from_env()),
+        VmmKind::Qemu => Box::new(qemu::Qemu::new(&opts.qemu)),
         VmmKind::Firecracker => Box::new(firecracker::Firecracker::from_env(bin_dir)),
     }
 }
