@@ -122,7 +122,16 @@ async fn run_async(env: &Env, args: &RunArgs) -> i32 {
     tokio::pin!(stop);
 
     // Blocking work (database, image files): tell the runtime, which moves other tasks away.
-    let (host, opts) = match tokio::task::block_in_place(|| prepare(env, args)) {
+    let prepared = tokio::task::block_in_place(|| prepare(env, args));
+    // A signal that came meanwhile ends the run now, whether or not preparing worked.
+    if let Some(n) = futures::FutureExt::now_or_never(stop.as_mut()) {
+        eprintln!(
+            "fireclaw: {} received before the VM was created",
+            signal_name(n)
+        );
+        return 128 + n;
+    }
+    let (host, opts) = match prepared {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -364,6 +373,33 @@ mod tests {
             Ok(_) => Err("not run".into()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn usage_code(args: &[&str]) -> i32 {
+        let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let e = Cli::try_parse_from(&argv).expect_err("a usage error");
+        super::usage_exit_code(&e, &argv)
+    }
+
+    #[test]
+    fn run_usage_errors_exit_125_and_other_commands_keep_2() {
+        for args in [
+            &["fireclaw", "run", "--cpus", "0", "--", "true"][..],
+            &["fireclaw", "run", "uname"][..],
+            &["fireclaw", "run"][..],
+            &["fireclaw", "--root", "/tmp", "run", "--bogus"][..],
+            &["fireclaw", "run", "--vmm", "kvm", "--", "true"][..],
+        ] {
+            assert_eq!(usage_code(args), super::EXIT_FIRECLAW, "{args:?}");
+        }
+        assert_eq!(usage_code(&["fireclaw", "gc", "--bogus"]), 2);
+        assert_eq!(usage_code(&["fireclaw", "bogus"]), 2);
+        // `run` as the value of an option is not the run subcommand.
+        assert_eq!(
+            usage_code(&["fireclaw", "--root", "run", "gc", "--bogus"]),
+            2
+        );
+        assert_eq!(usage_code(&["fireclaw", "run", "--help"]), 0);
     }
 
     #[test]

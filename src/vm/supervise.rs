@@ -249,14 +249,7 @@ where
     tokio::pin!(work);
     let outcome = loop {
         tokio::select! {
-            r = &mut work => break match r {
-                Ok(exit) => Outcome::Finished(exit),
-                // wait_ready gives up just before the deadline; that is the deadline's doing.
-                Err(SshError::NotReady { .. }) if ready_ms.load(Ordering::SeqCst) == 0 => {
-                    Outcome::Stopped(Stop::Timeout)
-                }
-                Err(e) => Outcome::Ssh(e),
-            },
+            r = &mut work => break work_outcome(r, ready_ms.load(Ordering::SeqCst) > 0),
             n = stop.as_mut() => break Outcome::Stopped(Stop::Requested(n)),
             _ = tokio::time::sleep_until(job.deadline.into()) => break Outcome::Stopped(Stop::Timeout),
             _ = tokio::time::sleep(VMM_POLL) => {
@@ -272,4 +265,45 @@ where
     report.timings.boot_to_ssh_ms = ready;
     report.exec_ms = exec_ms.load(Ordering::SeqCst);
     outcome
+}
+
+/// What the SSH work's own result means. `wait_ready` gives up just before the deadline, a
+/// moment before the deadline's own timer would fire: that is a timeout, not an SSH failure.
+fn work_outcome(r: Result<Exit, SshError>, booted: bool) -> Outcome {
+    match r {
+        Ok(exit) => Outcome::Finished(exit),
+        Err(SshError::NotReady { .. }) if !booted => Outcome::Stopped(Stop::Timeout),
+        Err(e) => Outcome::Ssh(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_that_never_answered_by_the_deadline_is_a_timeout() {
+        let not_ready = || SshError::NotReady {
+            addr: "172.16.0.2:22".parse().unwrap(),
+            waited: Duration::from_secs(5),
+            last: "connection refused".into(),
+        };
+        assert!(matches!(
+            work_outcome(Err(not_ready()), false),
+            Outcome::Stopped(Stop::Timeout)
+        ));
+        // Other SSH failures stay SSH failures.
+        let refused = SshError::AuthRejected {
+            addr: "172.16.0.2:22".parse().unwrap(),
+            user: "root".into(),
+        };
+        assert!(matches!(
+            work_outcome(Err(refused), false),
+            Outcome::Ssh(SshError::AuthRejected { .. })
+        ));
+        assert!(matches!(
+            work_outcome(Ok(Exit::Code(3)), true),
+            Outcome::Finished(Exit::Code(3))
+        ));
+    }
 }
