@@ -621,7 +621,13 @@ fn signal_while_preparing_exits_128_plus_n_and_makes_nothing() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(fc), sig).unwrap();
         // Let it go on: a valid-looking open and an empty manifest.
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&fifo) {
+        // Non-blocking: a fireclaw the signal killed is no reader, and open would wait forever.
+        use std::os::unix::fs::OpenOptionsExt as _;
+        if let Ok(mut w) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+        {
             use std::io::Write;
             let _ = w.write_all(b"{}");
         }

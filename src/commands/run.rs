@@ -46,18 +46,23 @@ pub fn host(env: &Env) -> Host {
 }
 
 /// The QEMU settings `fireclaw run` takes from its environment (documented in docs/run.md):
-/// `FIRECLAW_QEMU` (the binary), `FIRECLAW_QEMU_ACCEL=kvm|tcg`, `FIRECLAW_QEMU_ACPI=off`.
+/// `FIRECLAW_QEMU` (the binary), `FIRECLAW_QEMU_ACCEL=kvm|tcg`, `FIRECLAW_QEMU_ACPI=on|off`.
 pub fn qemu_options_from_env() -> anyhow::Result<QemuOptions> {
+    qemu_options(|k| std::env::var_os(k))
+}
+
+fn qemu_options(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> anyhow::Result<QemuOptions> {
+    let text = |k: &str| var(k).map(|v| v.to_string_lossy().into_owned());
     let mut o = QemuOptions::default();
-    if let Some(b) = std::env::var_os("FIRECLAW_QEMU").filter(|b| !b.is_empty()) {
+    if let Some(b) = var("FIRECLAW_QEMU").filter(|b| !b.is_empty()) {
         o.binary = b.into();
     }
-    if let Ok(a) = std::env::var("FIRECLAW_QEMU_ACCEL") {
+    if let Some(a) = text("FIRECLAW_QEMU_ACCEL").filter(|a| !a.is_empty()) {
         o.accel = Some(Accel::parse(&a).with_context(|| {
             format!("FIRECLAW_QEMU_ACCEL is {a:?}; expected `kvm` or `tcg` (or unset to detect)")
         })?);
     }
-    if let Ok(v) = std::env::var("FIRECLAW_QEMU_ACPI") {
+    if let Some(v) = text("FIRECLAW_QEMU_ACPI") {
         o.acpi = match v.as_str() {
             "on" | "" => true,
             "off" => false,
@@ -400,6 +405,37 @@ mod tests {
             2
         );
         assert_eq!(usage_code(&["fireclaw", "run", "--help"]), 0);
+    }
+
+    #[test]
+    fn qemu_environment_becomes_explicit_options() {
+        use crate::vmm::qemu::{Accel, QemuOptions};
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            super::qemu_options(env(&[])).unwrap(),
+            QemuOptions::default()
+        );
+        let o = super::qemu_options(env(&[
+            ("FIRECLAW_QEMU", "/opt/qemu"),
+            ("FIRECLAW_QEMU_ACCEL", "tcg"),
+            ("FIRECLAW_QEMU_ACPI", "off"),
+        ]))
+        .unwrap();
+        assert_eq!(o.binary, std::path::PathBuf::from("/opt/qemu"));
+        assert_eq!(o.accel, Some(Accel::Tcg));
+        assert!(!o.acpi);
+        for (k, v) in [("FIRECLAW_QEMU_ACCEL", "hvf"), ("FIRECLAW_QEMU_ACPI", "no")] {
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(k, v)]));
+            let err = super::qemu_options(env(pairs)).unwrap_err().to_string();
+            assert!(err.contains(k) && err.contains(v), "{err}");
+        }
     }
 
     #[test]
