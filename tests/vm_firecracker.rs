@@ -544,6 +544,7 @@ fn jails_are_removed_and_a_reused_id_starts() {
     // engine finds it by its jail, kills it and removes the jail.
     let opts = EngineOptions {
         firecracker: fc.clone(),
+        qemu: Default::default(),
     };
     let errors = fireclaw::vmm::remove_leftovers(&opts, "vm1");
     assert!(errors.is_empty(), "{errors:?}");

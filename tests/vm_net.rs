@@ -100,3 +100,65 @@ fn tap_on_bridge_and_policy_rules_come_and_go() {
     .join()
     .unwrap();
 }
+
+#[test]
+#[ignore = "host tier: needs root (namespaces); run with --include-ignored"]
+fn link_facade_and_async_calls_work_inside_a_runtime_in_the_callers_namespace() {
+    use fireclaw::net::link;
+    use fireclaw::net::netlink::Netlink;
+    if !prerequisites("host", false) {
+        return;
+    }
+    let ns = Netns::new("link");
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        nix::sched::setns(ns_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // The synchronous façade, called from a worker (what provision's steps do when the
+            // runtime reconciles): no runtime inside a runtime, and the namespace is the worker's.
+            tokio::spawn(async {
+                link::create_bridge("fctest0").unwrap();
+                link::add_address("fctest0", "10.99.0.1/24").unwrap();
+                link::add_address("fctest0", "10.99.0.1/24").unwrap();
+                link::set_up("fctest0", true).unwrap();
+            })
+            .await
+            .unwrap();
+            let st = link::state("fctest0").unwrap().expect("the bridge exists");
+            assert_eq!(st.kind.as_deref(), Some("bridge"));
+            assert_eq!(st.ipv4.len(), 1);
+            // The async calls, on a connection of this namespace (a private one: the shared one
+            // would keep the test's namespace alive until the process ends).
+            let nl = Netlink::open().unwrap();
+            let cidr = fireclaw::net::Ipv4Cidr::parse("10.99.0.1/24").unwrap();
+            link::delete_address_async(nl.handle(), "fctest0", &cidr)
+                .await
+                .unwrap();
+            link::set_up_async(nl.handle(), "fctest0", false)
+                .await
+                .unwrap();
+            let st = link::state_async(nl.handle(), "fctest0")
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(st.ipv4.is_empty() && !st.up, "{st:?}");
+            link::delete_async(nl.handle(), "fctest0").await.unwrap();
+            link::delete_async(nl.handle(), "fctest0").await.unwrap();
+            assert!(link::state("fctest0").unwrap().is_none());
+        });
+        // Gone from the test's namespace, and never in the host's (below).
+        assert!(!sh(&format!("ip -n {name} -o link"))
+            .stdout
+            .windows(7)
+            .any(|w| w == b"fctest0"));
+    })
+    .join()
+    .unwrap();
+    assert!(!text(&sh("ip -o link").stdout).contains("fctest0"));
+}

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fireclaw::vm::ssh;
-use fireclaw::vmm::{qemu::Qemu, Boot, SnapshotFiles, VmSpec, Vmm};
+use fireclaw::vmm::{
+    qemu::{Qemu, QemuOptions},
+    Boot, SnapshotFiles, VmSpec, Vmm,
+};
 use support::vm::*;
 
 #[test]
@@ -88,7 +91,7 @@ async fn scenario(root: &std::path::Path, fx: &Fixture) -> Result<(), String> {
         key: Arc::new(ssh::load_private_key(&fx.ssh_key).map_err(|e| e.to_string())?),
         host_key: image.host_key.clone(),
     };
-    let qemu = Qemu::from_env();
+    let qemu = Qemu::new(&QemuOptions::default());
     let deadline = || Instant::now() + Duration::from_secs(180);
 
     let t = Instant::now();

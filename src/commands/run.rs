@@ -1,4 +1,6 @@
-//! `fireclaw run`: one command in a fresh microVM, then the VM is gone.
+//! `fireclaw run`: one command in a fresh microVM, then the VM is gone. The work lives in
+//! [`crate::vm::supervise`]; this command prepares it, hands it the signals as stop requests, and
+//! prints the report and maps it to an exit code.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,10 @@ use crate::cli::RunArgs;
 use crate::commands::Env;
 use crate::vm::image::{self, Overrides};
 use crate::vm::ssh::{self, Exit};
-use crate::vm::{self, Host, LaunchOptions, Machine};
+use crate::vm::supervise::{self, Event, Job, Outcome, RunReport, Stop};
+use crate::vm::{self, Host, LaunchOptions};
 use crate::vmm::firecracker::Jailer;
+use crate::vmm::qemu::{Accel, QemuOptions};
 use crate::vmm::{Boot, EngineOptions, VmmKind};
 
 /// Exit code when the timeout ends the run (as timeout(1) does).
@@ -57,6 +61,7 @@ fn engine_options_from(
     var: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> anyhow::Result<EngineOptions> {
     let mut opts = EngineOptions::installed(bin_dir);
+    opts.qemu = qemu_options(&var)?;
     if let Some(fc) = var("FIRECLAW_FIRECRACKER") {
         opts.firecracker.binary = fc.into();
     }
@@ -78,13 +83,127 @@ fn engine_options_from(
     Ok(opts)
 }
 
+/// The QEMU settings `fireclaw run` takes from its environment (documented in docs/run.md):
+/// `FIRECLAW_QEMU` (the binary), `FIRECLAW_QEMU_ACCEL=kvm|tcg`, `FIRECLAW_QEMU_ACPI=on|off`.
+fn qemu_options(var: &impl Fn(&str) -> Option<std::ffi::OsString>) -> anyhow::Result<QemuOptions> {
+    let text = |k: &str| var(k).map(|v| v.to_string_lossy().into_owned());
+    let mut o = QemuOptions::default();
+    if let Some(b) = var("FIRECLAW_QEMU").filter(|b| !b.is_empty()) {
+        o.binary = b.into();
+    }
+    if let Some(a) = text("FIRECLAW_QEMU_ACCEL").filter(|a| !a.is_empty()) {
+        o.accel = Some(Accel::parse(&a).with_context(|| {
+            format!("FIRECLAW_QEMU_ACCEL is {a:?}; expected `kvm` or `tcg` (or unset to detect)")
+        })?);
+    }
+    if let Some(v) = text("FIRECLAW_QEMU_ACPI") {
+        o.acpi = match v.as_str() {
+            "on" | "" => true,
+            "off" => false,
+            other => anyhow::bail!("FIRECLAW_QEMU_ACPI is {other:?}; expected `on` or `off`"),
+        };
+    }
+    Ok(o)
+}
+
+/// Runs the command; every error is fireclaw's own and is printed here as exit code 125.
 pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(run_async(env, args)))
+}
+
+async fn run_async(env: &Env, args: &RunArgs) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout);
+    // Installed before anything else, so a signal at any moment ends the run as 128+N, with
+    // whatever exists torn down (nothing is made once a signal has arrived).
+    let (mut int, mut term, mut hup) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => {
+            eprintln!("error: cannot install signal handlers");
+            return EXIT_FIRECLAW;
+        }
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+            _ = hup.recv() => 1,
+        }
+    };
+    tokio::pin!(stop);
+
+    // Blocking work (database, image files): tell the runtime, which moves other tasks away.
+    let prepared = tokio::task::block_in_place(|| prepare(env, args));
+    // A signal that came meanwhile ends the run now, whether or not preparing worked.
+    if let Some(n) = futures::FutureExt::now_or_never(stop.as_mut()) {
+        eprintln!(
+            "fireclaw: {} received before the VM was created",
+            signal_name(n)
+        );
+        return 128 + n;
+    }
+    let (host, opts) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_FIRECLAW;
+        }
+    };
+
+    let job = Job {
+        command: ssh::shell_join(&args.command),
+        deadline,
+        keep: args.keep,
+    };
+    let verbose = env.verbose;
+    let (vmm, policy) = (opts.vmm.as_str(), opts.policy.as_str());
+    let events = move |e: Event| {
+        if !verbose {
+            return;
+        }
+        match e {
+            Event::Created {
+                id,
+                ip,
+                tap,
+                disk,
+                clone_ms,
+            } => eprintln!(
+                "fireclaw: VM {id} ({vmm}, {policy}) at {} on {tap}, disk {} in {clone_ms} ms",
+                ip.map(|i| i.to_string()).unwrap_or_default(),
+                disk.map(|d| format!("{d:?}")).unwrap_or_default(),
+            ),
+            Event::SshReady { after } => {
+                eprintln!("fireclaw: SSH ready after {} ms", after.as_millis())
+            }
+        }
+    };
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    let report = supervise::run(&host, &opts, &job, stop, &mut out, &mut err, &events).await;
+    finish(&host, &opts, args, verbose, report, started)
+}
+
+/// Everything before the VM exists; any failure here is fireclaw's (125) and leaves nothing.
+fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
     if !env.privileged {
         anyhow::bail!("fireclaw run creates a tap device and needs root: run it with sudo");
     }
+    // Before anything opens (and so creates) the state database.
+    env.require_provisioned()?;
     let host = host(env)?;
     // Leftovers of a fireclaw that was killed: clean them before making more.
-    let report = vm::gc(&host, false, None)?;
+    let report = vm::gc(&host, false, None).context("cleaning up after an earlier fireclaw")?;
     if !report.removed.is_empty() {
         eprintln!(
             "fireclaw: removed {} VM(s) left by an earlier fireclaw that died: {}",
@@ -112,12 +231,7 @@ pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
         image,
         boot: Boot::Kernel,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    Ok(rt.block_on(run_async(host, opts, args, env.verbose)))
+    Ok((host, opts))
 }
 
 fn default_vmm(env: &Env) -> VmmKind {
@@ -129,131 +243,37 @@ fn default_vmm(env: &Env) -> VmmKind {
     }
 }
 
-/// Why a run ended other than by the command finishing.
-enum Stop {
-    Signal(&'static str, i32),
-    Timeout,
-    VmmDied(String),
+fn signal_name(n: i32) -> &'static str {
+    match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
-async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs, verbose: bool) -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.timeout);
-    let (mut int, mut term, mut hup) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => {
-            eprintln!("error: cannot install signal handlers");
-            return EXIT_FIRECLAW;
+/// Prints what happened and returns the exit code (docs/run.md's table).
+fn finish(
+    host: &Host,
+    opts: &LaunchOptions,
+    args: &RunArgs,
+    verbose: bool,
+    report: RunReport,
+    started: Instant,
+) -> i32 {
+    let id = report.vm.clone().unwrap_or_default();
+    let print_console = || {
+        if let Some(tail) = report
+            .console_tail
+            .as_ref()
+            .filter(|t| !t.trim().is_empty())
+        {
+            eprintln!("guest console (last lines):\n{tail}");
         }
     };
-
-    // Creation is blocking work (clone, netlink, spawn). A signal during it is remembered and
-    // acted on as soon as the machine exists, so there is always something to tear down in order.
-    let h = host.clone();
-    let o = opts.clone();
-    let mut create = tokio::task::spawn_blocking(move || Machine::create(&h, &o));
-    let mut pending: Option<Stop> = None;
-    let created = loop {
-        tokio::select! {
-            r = &mut create => break r,
-            _ = int.recv() => pending = Some(Stop::Signal("SIGINT", 130)),
-            _ = term.recv() => pending = Some(Stop::Signal("SIGTERM", 143)),
-            _ = hup.recv() => pending = Some(Stop::Signal("SIGHUP", 129)),
-        }
-    };
-    let mut machine = match created {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
-            eprintln!("error: could not start the VM: {e:#}");
-            return EXIT_FIRECLAW;
-        }
-        Err(e) => {
-            eprintln!("error: VM creation task failed: {e}");
-            return EXIT_FIRECLAW;
-        }
-    };
-    let id = machine.id.clone();
-    if verbose {
-        eprintln!(
-            "fireclaw: VM {id} ({}, {}) at {} on {}, disk {} in {} ms",
-            opts.vmm.as_str(),
-            opts.policy.as_str(),
-            machine.ip.map(|i| i.to_string()).unwrap_or_default(),
-            machine.tap,
-            machine
-                .disk
-                .as_ref()
-                .map(|d| format!("{:?}", d.method))
-                .unwrap_or_default(),
-            machine.timings.clone_ms
-        );
-    }
-    let target = match machine.ssh_target() {
-        Ok(t) => t,
-        Err(e) => return fail(machine, &format!("{e:#}")),
-    };
-    let command = ssh::shell_join(&args.command);
-    let keep = args.keep;
-    let boot_started = Instant::now();
-    let mut exec_ms = 0u64;
-    // Set once SSH answers, so a timeout or error can say which phase it interrupted.
-    let ready_ms = std::sync::atomic::AtomicU64::new(0);
-    let work = async {
-        let session = ssh::wait_ready(&target, deadline).await?;
-        let ready = boot_started.elapsed();
-        ready_ms.store(
-            (ready.as_millis() as u64).max(1),
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        if verbose {
-            eprintln!("fireclaw: SSH ready after {} ms", ready.as_millis());
-        }
-        let exec_start = Instant::now();
-        let exit = if command.is_empty() {
-            Exit::Code(0)
-        } else {
-            let mut out = tokio::io::stdout();
-            let mut err = tokio::io::stderr();
-            session.exec(&command, &mut out, &mut err).await?
-        };
-        let exec = exec_start.elapsed();
-        session.close().await;
-        Ok::<_, ssh::SshError>((exit, ready, exec))
-    };
-    tokio::pin!(work);
-    let outcome = if let Some(stop) = pending {
-        Err(stop)
-    } else {
-        loop {
-            tokio::select! {
-                r = &mut work => break Ok(r),
-                _ = int.recv() => break Err(Stop::Signal("SIGINT", 130)),
-                _ = term.recv() => break Err(Stop::Signal("SIGTERM", 143)),
-                _ = hup.recv() => break Err(Stop::Signal("SIGHUP", 129)),
-                _ = tokio::time::sleep_until(deadline.into()) => break Err(Stop::Timeout),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if let Some(why) = machine.vmm_exited() {
-                        break Err(Stop::VmmDied(why));
-                    }
-                }
-            }
-        }
-    };
-    let booted = ready_ms.load(std::sync::atomic::Ordering::SeqCst) > 0;
-    let mut boot_ms = ready_ms.load(std::sync::atomic::Ordering::SeqCst);
-    let ip = machine.ip.map(|i| i.to_string());
-    let (code, what) = match outcome {
-        Ok(Ok((exit, ready, exec))) => {
-            boot_ms = ready.as_millis() as u64;
-            exec_ms = exec.as_millis() as u64;
-            machine.timings.boot_to_ssh_ms = boot_ms;
-            let code = exit.shell_code();
-            let what = match &exit {
+    let (code, what) = match &report.outcome {
+        Outcome::Finished(exit) => {
+            let what = match exit {
                 Exit::Code(c) => format!("exited {c}"),
                 Exit::Signal(s) => {
                     eprintln!("fireclaw: the command was killed by SIG{s}");
@@ -264,78 +284,79 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs, verbose: boo
                     "no exit status".into()
                 }
             };
-            (code, what)
+            (exit.shell_code(), what)
         }
-        Ok(Err(e)) => {
-            let phase = if booted {
+        Outcome::Failed(e) => {
+            eprintln!("error: {e:#}");
+            (EXIT_FIRECLAW, format!("failed: {e}"))
+        }
+        Outcome::Ssh(e) => {
+            let phase = if report.booted {
                 "running the command"
             } else {
                 "reaching the guest"
             };
             eprintln!("error: {phase}: {e}");
-            print_console(&machine);
+            print_console();
             (EXIT_FIRECLAW, format!("ssh error: {e}"))
         }
-        Err(Stop::Signal(name, code)) => {
-            eprintln!("fireclaw: {name} received; destroying VM {id}");
-            (code, format!("interrupted by {name}"))
+        Outcome::Stopped(Stop::Requested(n)) => {
+            let name = signal_name(*n);
+            if report.vm.is_some() {
+                eprintln!("fireclaw: {name} received; destroyed VM {id}");
+            } else {
+                eprintln!("fireclaw: {name} received before the VM was created");
+            }
+            (128 + n, format!("interrupted by {name}"))
         }
-        Err(Stop::Timeout) => {
+        Outcome::Stopped(Stop::Timeout) => {
             eprintln!(
-                "fireclaw: timed out after {}s ({}); destroying VM {id}",
+                "fireclaw: timed out after {}s ({}); destroyed VM {id}",
                 args.timeout,
-                if booted {
+                if report.booted {
                     "the command was still running"
                 } else {
                     "the guest never answered SSH"
                 }
             );
-            if !booted {
-                print_console(&machine);
-            }
+            print_console();
             (EXIT_TIMEOUT, "timeout".into())
         }
-        Err(Stop::VmmDied(why)) => {
+        Outcome::Stopped(Stop::VmmDied(why)) => {
             eprintln!("error: the VMM exited unexpectedly ({why})");
-            print_console(&machine);
+            print_console();
             (EXIT_FIRECLAW, format!("vmm died: {why}"))
         }
     };
-    // Leaving the select dropped the SSH future: the connection is closed before teardown.
+    let ip = report.ip.map(|i| i.to_string());
+    if let Some(k) = &report.kept {
+        let ip = ip.clone().unwrap_or_default();
+        eprintln!(
+            "fireclaw: VM {id} kept running at {ip}: ssh -i {} {}@{ip}\n          remove it with: fireclaw gc --vm {id}",
+            host.key_path().display(),
+            opts.image.user,
+        );
+        tracing::debug!(pid = k.pid(), "kept VMM");
+    }
+    if let Some(e) = &report.keep_error {
+        eprintln!("error: could not mark VM {id} kept, so it was destroyed: {e:#}");
+    }
+    for e in &report.cleanup_errors {
+        eprintln!("warning: cleanup of VM {id}: {e} (run `fireclaw gc`)");
+    }
     let summary = Summary {
-        vm: id.clone(),
-        ip: ip.clone(),
+        vm: id,
+        ip,
         vmm: opts.vmm.as_str(),
         policy: opts.policy.as_str(),
-        clone_ms: machine.timings.clone_ms,
-        vmm_start_ms: machine.timings.vmm_start_ms,
-        boot_to_ssh_ms: boot_ms,
-        exec_ms,
+        clone_ms: report.timings.clone_ms,
+        vmm_start_ms: report.timings.vmm_start_ms,
+        boot_to_ssh_ms: report.timings.boot_to_ssh_ms,
+        exec_ms: report.exec_ms,
         total_ms: started.elapsed().as_millis() as u64,
         exit_code: code,
         outcome: what,
     };
-    let kept = keep && booted;
-    if kept {
-        let key = host.key_path();
-        match machine.keep() {
-            Ok(()) => eprintln!(
-                "fireclaw: VM {id} kept running at {}: ssh -i {} {}@{}\n          remove it with: fireclaw gc --vm {id}",
-                ip.clone().unwrap_or_default(),
-                key.display(),
-                opts.image.user,
-                ip.unwrap_or_default()
-            ),
-            Err(e) => eprintln!("error: could not mark VM {id} kept: {e:#}"),
-        }
-    } else {
-        let errors = tokio::task::spawn_blocking(move || machine.destroy())
-            .await
-            .unwrap_or_else(|e| vec![format!("teardown task failed: {e}")]);
-        for e in &errors {
-            eprintln!("warning: cleanup of VM {id}: {e} (run `fireclaw gc`)");
-        }
-    }
     if verbose {
         eprintln!(
             "fireclaw: clone {} ms, VMM start {} ms, boot to SSH {} ms, exec {} ms, total {} ms",
@@ -352,21 +373,6 @@ async fn run_async(host: Host, opts: LaunchOptions, args: &RunArgs, verbose: boo
         }
     }
     code
-}
-
-fn print_console(machine: &Machine) {
-    let tail = machine.console_tail();
-    if !tail.trim().is_empty() {
-        eprintln!("guest console (last lines):\n{tail}");
-    }
-}
-
-fn fail(mut machine: Machine, message: &str) -> i32 {
-    eprintln!("error: {message}");
-    for e in machine.destroy() {
-        eprintln!("warning: cleanup of VM {}: {e}", machine.id);
-    }
-    EXIT_FIRECLAW
 }
 
 #[cfg(test)]
@@ -413,6 +419,37 @@ mod tests {
             }) => Ok(r),
             Ok(_) => Err("not run".into()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn qemu_environment_becomes_explicit_options() {
+        use crate::vmm::qemu::{Accel, QemuOptions};
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            super::qemu_options(&env(&[])).unwrap(),
+            QemuOptions::default()
+        );
+        let o = super::qemu_options(&env(&[
+            ("FIRECLAW_QEMU", "/opt/qemu"),
+            ("FIRECLAW_QEMU_ACCEL", "tcg"),
+            ("FIRECLAW_QEMU_ACPI", "off"),
+        ]))
+        .unwrap();
+        assert_eq!(o.binary, std::path::PathBuf::from("/opt/qemu"));
+        assert_eq!(o.accel, Some(Accel::Tcg));
+        assert!(!o.acpi);
+        for (k, v) in [("FIRECLAW_QEMU_ACCEL", "hvf"), ("FIRECLAW_QEMU_ACPI", "no")] {
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(k, v)]));
+            let err = super::qemu_options(&env(pairs)).unwrap_err().to_string();
+            assert!(err.contains(k) && err.contains(v), "{err}");
         }
     }
 

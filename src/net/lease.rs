@@ -19,6 +19,9 @@ pub enum LeaseError {
     Db(#[from] rusqlite::Error),
     #[error("VM {0} already holds a lease")]
     AlreadyLeased(String),
+    /// The host runs as many VMs as it may: refuse (or queue), do not retry at once.
+    #[error("{live} VMs are running, the most this host allows (pool.max_vms = {max} in fireclaw.toml); wait for one to end, remove kept ones with `fireclaw gc --all`, or raise pool.max_vms")]
+    TooManyVms { max: u32, live: u64 },
 }
 
 /// A granted lease.
@@ -38,9 +41,44 @@ fn candidates(bridge: &Ipv4Cidr) -> impl Iterator<Item = Ipv4Addr> + '_ {
         .filter(move |ip| *ip != bridge.addr)
 }
 
-/// Leases the lowest free address for `vm_id`.
-pub fn allocate(db: &Db, bridge: &Ipv4Cidr, vm_id: &str) -> Result<Lease, LeaseError> {
+/// Leases the lowest free address for `vm_id`, unless `max_vms` VMs already hold one. Every live
+/// VM holds a lease, so the count and the new lease are taken in one write transaction: two
+/// processes creating VMs at once cannot both see room for one more.
+pub fn allocate(
+    db: &Db,
+    bridge: &Ipv4Cidr,
+    vm_id: &str,
+    max_vms: u32,
+) -> Result<Lease, LeaseError> {
     let conn = db.conn();
+    // IMMEDIATE takes SQLite's write lock now (waiting out the busy timeout), not at the insert.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = allocate_locked(db, bridge, vm_id, max_vms);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match conn.execute_batch(end) {
+        Ok(()) => result,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(result.err().unwrap_or(LeaseError::Db(e)))
+        }
+    }
+}
+
+fn allocate_locked(
+    db: &Db,
+    bridge: &Ipv4Cidr,
+    vm_id: &str,
+    max_vms: u32,
+) -> Result<Lease, LeaseError> {
+    let conn = db.conn();
+    let live: u64 = conn.query_row(
+        "SELECT COUNT(*) FROM leases WHERE vm_id != ?1",
+        [vm_id],
+        |r| r.get(0),
+    )?;
+    if live >= u64::from(max_vms) {
+        return Err(LeaseError::TooManyVms { max: max_vms, live });
+    }
     let held: Option<u32> = conn
         .query_row("SELECT ip FROM leases WHERE vm_id = ?1", [vm_id], |r| {
             r.get(0)
@@ -147,17 +185,17 @@ mod tests {
     fn lowest_free_skips_bridge_and_reuses_released() {
         let (_d, db) = db();
         let net = Ipv4Cidr::parse("172.16.0.1/24").unwrap();
-        let a = allocate(&db, &net, "a").unwrap();
-        let b = allocate(&db, &net, "b").unwrap();
+        let a = allocate(&db, &net, "a", 1000).unwrap();
+        let b = allocate(&db, &net, "b", 1000).unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(172, 16, 0, 2));
         assert_eq!(b.ip, Ipv4Addr::new(172, 16, 0, 3));
         assert!(matches!(
-            allocate(&db, &net, "a"),
+            allocate(&db, &net, "a", 1000),
             Err(LeaseError::AlreadyLeased(_))
         ));
         release(&db, "a").unwrap();
         release(&db, "a").unwrap();
-        assert_eq!(allocate(&db, &net, "c").unwrap().ip, a.ip);
+        assert_eq!(allocate(&db, &net, "c", 1000).unwrap().ip, a.ip);
         assert_eq!(mac_for(b.ip), "02:fc:ac:10:00:03");
     }
 
@@ -166,10 +204,10 @@ mod tests {
         let (_d, db) = db();
         let net = Ipv4Cidr::parse("10.0.0.1/30").unwrap();
         assert_eq!(
-            allocate(&db, &net, "a").unwrap().ip,
+            allocate(&db, &net, "a", 1000).unwrap().ip,
             Ipv4Addr::new(10, 0, 0, 2)
         );
-        let err = allocate(&db, &net, "b").unwrap_err().to_string();
+        let err = allocate(&db, &net, "b", 1000).unwrap_err().to_string();
         assert!(
             err.contains("10.0.0.0/30") && err.contains("no free"),
             "{err}"
@@ -191,7 +229,7 @@ mod tests {
                  INSERT INTO leases VALUES (2886729730, 'taken', 0);",
             )
             .unwrap();
-        let lease = allocate(&db, &net, "new").unwrap();
+        let lease = allocate(&db, &net, "new", 1000).unwrap();
         assert_eq!(lease.ip, Ipv4Addr::new(172, 16, 0, 3));
         let listed = list(&db).unwrap();
         assert!(listed.iter().any(|l| l.vm_id == "new"));
@@ -212,7 +250,11 @@ mod tests {
                 std::thread::spawn(move || {
                     let db = Db::open(&path).unwrap();
                     (0..10)
-                        .map(|i| allocate(&db, &net, &format!("vm-{t}-{i}")).unwrap().ip)
+                        .map(|i| {
+                            allocate(&db, &net, &format!("vm-{t}-{i}"), 1000)
+                                .unwrap()
+                                .ip
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -225,5 +267,39 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n, "duplicate lease handed out");
+    }
+
+    #[test]
+    fn max_vms_holds_under_concurrent_creates_from_separate_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Db::open(&path).unwrap();
+        let net = Ipv4Cidr::parse("172.16.0.1/24").unwrap();
+        // 34 creates at once against a limit of 32 (the default): exactly 32 get a lease.
+        let handles: Vec<_> = (0..34)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let db = Db::open(&path).unwrap();
+                    allocate(&db, &net, &format!("vm-{i}"), 32)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let granted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(granted, 32);
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, LeaseError::TooManyVms { max: 32, live: 32 }),
+                "{r:?}"
+            );
+            assert!(r.to_string().contains("pool.max_vms = 32"), "{r}");
+        }
+        assert_eq!(list(&Db::open(&path).unwrap()).unwrap().len(), 32);
+        // A refused create left nothing behind, and room comes back when a VM ends.
+        let db = Db::open(&path).unwrap();
+        let freed = results.iter().find_map(|r| r.as_ref().ok()).unwrap();
+        release(&db, &freed.vm_id).unwrap();
+        assert!(allocate(&db, &net, "late", 32).is_ok());
     }
 }

@@ -3,6 +3,7 @@
 pub mod host;
 pub mod lease;
 pub mod link;
+pub mod netlink;
 pub mod nft;
 pub mod policy;
 pub mod slot;

@@ -29,10 +29,42 @@ pub enum StorageError {
     },
     #[error("VM id {0:?} is not usable in a file name (expected letters, digits, `-`)")]
     BadId(String),
+    /// The thin pool has no room (or went read-only): refuse new VMs until space is freed;
+    /// retrying at once will not help.
+    #[error(transparent)]
+    PoolFull(thin::table::SpaceError),
+    /// A device is held open (by a VM that is still going, or another tool): retry later.
+    #[error("device {device} is busy (still open, by a running VM or another tool): retry once it is released")]
+    Busy { device: String },
+    /// Any other thin-pool failure; the cause is kept whole.
     #[error("thin pool: {0}")]
-    Thin(String),
+    Thin(#[source] Box<thin::adapter::AdapterError>),
     #[error("disk record belongs to engine {found:?}, not {expected:?}")]
     WrongEngine { expected: String, found: String },
+}
+
+impl StorageError {
+    /// Worth retrying later: something holds a device that will be released.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StorageError::Busy { .. })
+    }
+
+    /// The pool cannot take another disk: refuse, do not retry.
+    pub fn is_pool_full(&self) -> bool {
+        matches!(self, StorageError::PoolFull(_))
+    }
+}
+
+impl From<thin::adapter::AdapterError> for StorageError {
+    fn from(e: thin::adapter::AdapterError) -> StorageError {
+        use thin::adapter::AdapterError;
+        use thin::ThinError;
+        match e {
+            AdapterError::Thin(ThinError::Space(s)) => StorageError::PoolFull(s),
+            AdapterError::Thin(ThinError::Busy { device }) => StorageError::Busy { device },
+            other => StorageError::Thin(Box::new(other)),
+        }
+    }
 }
 
 /// How a disk was made; reported by `--verbose` and benchmarks.
@@ -79,4 +111,37 @@ pub fn check_id(vm_id: &str) -> Result<(), StorageError> {
         return Err(StorageError::BadId(vm_id.to_string()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thin::adapter::AdapterError;
+    use super::thin::table::SpaceError;
+    use super::thin::ThinError;
+    use super::StorageError;
+
+    #[test]
+    fn pool_full_and_busy_are_told_apart_from_other_thin_failures() {
+        let full = StorageError::from(AdapterError::Thin(ThinError::Space(SpaceError::DataFull {
+            used: 95.0,
+            limit: 90,
+        })));
+        assert!(full.is_pool_full() && !full.is_busy());
+        assert!(
+            full.to_string().contains("thinpool.max_used_percent"),
+            "{full}"
+        );
+        let busy = StorageError::from(AdapterError::Thin(ThinError::Busy {
+            device: "fireclaw-vm-a".into(),
+        }));
+        assert!(busy.is_busy() && !busy.is_pool_full());
+        assert!(busy.to_string().contains("fireclaw-vm-a"), "{busy}");
+        let other = StorageError::from(AdapterError::Thin(ThinError::MissingTarget));
+        assert!(!other.is_busy() && !other.is_pool_full());
+        // The cause stays reachable for callers that match deeper.
+        assert!(matches!(
+            &other,
+            StorageError::Thin(b) if matches!(**b, AdapterError::Thin(ThinError::MissingTarget))
+        ));
+    }
 }

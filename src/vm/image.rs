@@ -53,6 +53,11 @@ struct KernelRef {
     path: String,
 }
 
+/// Why a manifest without a host key cannot be run. Such an image comes from a recipe without an
+/// `[ssh]` section (no SSH server is set up, no host key made): rebuilding it as it is changes
+/// nothing, so the advice is to add the section.
+const NO_HOST_KEY: &str = "has no ssh_host_key: its recipe has no [ssh] section, so the image has no SSH server fireclaw can reach (fireclaw pins the guest's host key and never trusts one on first use); add an [ssh] section to the recipe and build the image again, or run an image whose recipe has one";
+
 /// Overrides from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -95,7 +100,7 @@ pub fn parse(
     let key_line = m
         .ssh_host_key
         .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| bad("has no ssh_host_key; fireclaw pins the guest's host key and will not trust one on first use (rebuild the image)".into()))?;
+        .ok_or_else(|| bad(NO_HOST_KEY.into()))?;
     let host_key = super::ssh::parse_host_key(&key_line).map_err(|e| bad(e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let beside = |p: &str| {
@@ -221,5 +226,16 @@ mod tests {
         }
         let err = resolve("missing", dir.path(), &o).unwrap_err().to_string();
         assert!(err.contains("missing.manifest.json"), "{err}");
+    }
+
+    #[test]
+    fn an_image_without_ssh_says_to_add_the_recipe_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.manifest.json");
+        let err = parse(r#"{"image": "a"}"#, &p, dir.path(), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[ssh] section"), "{err}");
+        assert!(!err.contains("(rebuild the image)"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod image;
 pub mod record;
 pub mod ssh;
+pub mod supervise;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::net::netlink::Netlink;
 use crate::net::policy::{self, Policy, VmRules};
 use crate::net::{lease, tap, Ipv4Cidr};
 use crate::root::RootPrefix;
@@ -148,9 +150,14 @@ pub fn host_tsc_khz() -> Option<u64> {
     (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
-/// A machine and everything it holds.
+/// A machine and everything it holds. Every method, `Drop` included, is safe on any thread, a
+/// tokio worker among them (netlink runs on its own connection thread); `create` and `destroy`
+/// block for as long as the work takes, so async callers run them under `spawn_blocking`.
 pub struct Machine {
     host: Host,
+    /// The connection of the namespace the machine was created in: its tap lives there, whichever
+    /// thread tears it down.
+    net: Option<Netlink>,
     pub id: String,
     pub ip: Option<Ipv4Addr>,
     pub tap: String,
@@ -179,6 +186,7 @@ impl Machine {
         let id = new_id();
         let mut m = Machine {
             host: host.clone(),
+            net: None,
             tap: tap::tap_name(&id),
             run_dir: host.run_dir(&id),
             id,
@@ -232,7 +240,7 @@ impl Machine {
         .context("recording the VM")?;
         self.recorded = true;
 
-        let l = lease::allocate(&db, &bridge, &self.id)?;
+        let l = lease::allocate(&db, &bridge, &self.id, host.config.pool.max_vms)?;
         self.ip = Some(l.ip);
         record::set_ip(&db, &self.id, l.ip)?;
 
@@ -248,8 +256,10 @@ impl Machine {
         std::fs::create_dir_all(&self.run_dir)
             .with_context(|| format!("creating {}", self.run_dir.display()))?;
 
+        let net = Netlink::shared().context("opening netlink")?;
+        self.net = Some(net.clone());
         self.tap_made = true;
-        tap::create(&self.tap, &host.config.network.bridge)?;
+        net.block_on(tap::create_in(&net, &self.tap, &host.config.network.bridge))?;
         policy::install(&VmRules {
             table: &host.config.network.nft_table,
             bridge: &host.config.network.bridge,
@@ -308,16 +318,43 @@ impl Machine {
         self.instance.as_deref_mut()
     }
 
-    /// Leaves the machine running after fireclaw exits; `fireclaw gc --vm ID` removes it.
-    pub fn keep(mut self) -> anyhow::Result<()> {
-        let db = self.host.db()?;
-        record::set_kept(&db, &self.id)?;
-        // Forget the process handle without killing it.
-        if let Some(inst) = self.instance.take() {
-            std::mem::forget(inst);
-        }
+    /// Leaves the machine running beyond this handle; `fireclaw gc --vm ID` removes it. The VMM
+    /// stays fireclaw's child: the returned [`KeptMachine`] reaps it, so a service that keeps
+    /// machines for hours holds no zombie and no open monitor socket. On error the machine is
+    /// destroyed instead (the error names what teardown could not remove, if anything).
+    pub fn keep(mut self) -> anyhow::Result<KeptMachine> {
+        let marked = self
+            .host
+            .db()
+            .and_then(|db| Ok(record::set_kept(&db, &self.id)?));
+        let inst = match (marked, self.instance.take()) {
+            (Ok(()), Some(inst)) => inst,
+            (marked, inst) => {
+                self.instance = inst;
+                let e = marked
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("VM {} has no running VMM", self.id));
+                let cleanup = self.destroy();
+                return Err(if cleanup.is_empty() {
+                    e
+                } else {
+                    e.context(format!("and cleanup failed: {}", cleanup.join("; ")))
+                });
+            }
+        };
+        let mut inst = inst;
+        let pid = inst.pid();
+        inst.detach();
+        // Closes the monitor connection; detached, the VMM is not killed.
+        drop(inst);
         self.finished = true;
-        Ok(())
+        Ok(KeptMachine {
+            id: self.id.clone(),
+            ip: self.ip,
+            tap: self.tap.clone(),
+            pid,
+            reaped: false,
+        })
     }
 
     /// Tears everything down, in reverse order of creation. Returns what could not be removed.
@@ -341,6 +378,7 @@ impl Machine {
         };
         teardown(
             &self.host,
+            self.net.as_ref(),
             &Resources {
                 id: &self.id,
                 tap: self.tap_made.then_some(self.tap.as_str()),
@@ -358,7 +396,69 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         for e in self.destroy() {
-            eprintln!("warning: cleanup of VM {}: {e}", self.id);
+            tracing::warn!(vm = %self.id, "cleanup failed (run `fireclaw gc`): {e}");
+        }
+    }
+}
+
+/// A machine left running by [`Machine::keep`]: its resources stay recorded (state `kept`) for
+/// `gc`; this handle only owns the VMM process, as fireclaw's child, and reaps it.
+#[derive(Debug)]
+pub struct KeptMachine {
+    pub id: String,
+    pub ip: Option<Ipv4Addr>,
+    pub tap: String,
+    pid: u32,
+    reaped: bool,
+}
+
+impl KeptMachine {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// `Some(description)` once the VMM has exited; reaps it.
+    pub fn exited(&mut self) -> Option<String> {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        if self.reaped {
+            return Some("reaped".into());
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => None,
+            Ok(WaitStatus::Exited(_, c)) => {
+                self.reaped = true;
+                Some(format!("exit code {c}"))
+            }
+            Ok(WaitStatus::Signaled(_, s, _)) => {
+                self.reaped = true;
+                Some(format!("killed by {s}"))
+            }
+            Ok(_) => None,
+            // ECHILD: not (or no longer) our child; someone else reaped it.
+            Err(e) => {
+                self.reaped = true;
+                Some(format!("not ours to wait for ({e})"))
+            }
+        }
+    }
+}
+
+impl Drop for KeptMachine {
+    /// Not killed (it is kept), and not left a zombie either: a thread waits for it. When
+    /// fireclaw exits first, init inherits and reaps it.
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let spawned = std::thread::Builder::new()
+            .name(format!("reap-{}", self.pid))
+            .spawn(move || {
+                let _ = nix::sys::wait::waitpid(pid, None);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(vm = %self.id, "cannot start a thread to reap VMM {}: {e}", self.pid);
         }
     }
 }
@@ -372,12 +472,22 @@ struct Resources<'a> {
     planned_disk: Option<&'a Path>,
 }
 
-fn teardown(host: &Host, r: &Resources, db: Option<&Db>, errors: &mut Vec<String>) {
+fn teardown(
+    host: &Host,
+    net: Option<&Netlink>,
+    r: &Resources,
+    db: Option<&Db>,
+    errors: &mut Vec<String>,
+) {
     if let Some(t) = r.tap {
         if let Err(e) = policy::remove(&host.config.network.nft_table, t) {
             errors.push(format!("{e:#}"));
         }
-        if let Err(e) = tap::delete(t) {
+        let deleted = match net {
+            Some(nl) => nl.block_on(tap::delete_in(nl, t)),
+            None => tap::delete(t),
+        };
+        if let Err(e) = deleted {
             errors.push(e.to_string());
         }
     }
@@ -499,6 +609,8 @@ pub struct GcReport {
 pub fn gc(host: &Host, all: bool, only: Option<&str>) -> anyhow::Result<GcReport> {
     let db = host.db()?;
     let mut report = GcReport::default();
+    // One connection for the whole sweep; without one, each tap is deleted over its own.
+    let net = Netlink::open().ok();
     for r in record::list(&db)? {
         if only.is_some_and(|id| id != r.id) {
             continue;
@@ -522,6 +634,7 @@ pub fn gc(host: &Host, all: bool, only: Option<&str>) -> anyhow::Result<GcReport
         }
         teardown(
             host,
+            net.as_ref(),
             &Resources {
                 id: &r.id,
                 tap: Some(&r.tap),
@@ -653,8 +766,8 @@ mod tests {
             },
         )
         .unwrap();
-        lease::allocate(&db, &host.bridge_cidr().unwrap(), id).unwrap();
-        lease::allocate(&db, &host.bridge_cidr().unwrap(), "orphan").unwrap();
+        lease::allocate(&db, &host.bridge_cidr().unwrap(), id, 32).unwrap();
+        lease::allocate(&db, &host.bridge_cidr().unwrap(), "orphan", 32).unwrap();
         let report = gc(&host, false, None).unwrap();
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(report.removed, vec![id.to_string()]);

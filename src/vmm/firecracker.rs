@@ -344,6 +344,7 @@ impl Vmm for Firecracker {
             spec: spec.clone(),
             program,
             timeout: self.api_timeout,
+            detached: false,
         }))
     }
 
@@ -417,6 +418,8 @@ pub struct FirecrackerInstance {
     spec: VmSpec,
     program: String,
     timeout: Duration,
+    /// Set by [`Instance::detach`]: dropping the handle leaves Firecracker running.
+    detached: bool,
 }
 
 impl FirecrackerInstance {
@@ -480,11 +483,17 @@ impl Instance for FirecrackerInstance {
         // Firecracker's stdout is the guest's serial console, and nothing else writes there.
         tail_of(&self.spec.console_log(), 15)
     }
+
+    fn detach(&mut self) {
+        self.detached = true;
+    }
 }
 
 impl Drop for FirecrackerInstance {
     fn drop(&mut self) {
-        kill_child(&mut self.child);
-        remove_jail(&self.jail);
+        if !self.detached {
+            kill_child(&mut self.child);
+            remove_jail(&self.jail);
+        }
     }
 }

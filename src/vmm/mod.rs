@@ -49,6 +49,23 @@ pub enum VmmError {
     },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
+    /// QEMU answered the command with an error (`class` is QMP's, e.g. `CommandNotFound`).
+    #[error("QMP {command}: {desc} ({class})")]
+    QmpRefused {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    /// QEMU closed the monitor: it is exiting or gone.
+    #[error("QMP {command}: QEMU closed the monitor connection")]
+    QmpClosed { command: String },
+    /// QEMU sent something that is not QMP.
+    #[error("QMP {command}: {source}")]
+    QmpProtocol {
+        command: String,
+        #[source]
+        source: qmp::QmpError,
+    },
     #[error("Firecracker API {method} {path}: {error}")]
     Api {
         method: String,
@@ -163,6 +180,10 @@ pub trait Instance: Send {
     fn kill(&mut self) -> Result<(), VmmError>;
     /// The last lines the guest printed on its console, for error messages.
     fn console_tail(&self) -> String;
+    /// Lets the VMM outlive this handle: dropping the instance afterwards closes its monitor
+    /// connection but does not kill it. The process stays the caller's child, to be reaped by
+    /// whoever detached it (`vm::KeptMachine` does).
+    fn detach(&mut self);
 }
 
 /// How each engine's programs are found and run. The command builds it (reading any environment
@@ -170,6 +191,7 @@ pub trait Instance: Send {
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub firecracker: firecracker::Firecracker,
+    pub qemu: qemu::QemuOptions,
 }
 
 impl EngineOptions {
@@ -177,6 +199,7 @@ impl EngineOptions {
     pub fn installed(bin_dir: &Path) -> EngineOptions {
         EngineOptions {
             firecracker: firecracker::Firecracker::installed(bin_dir),
+            qemu: qemu::QemuOptions::default(),
         }
     }
 }
@@ -184,7 +207,7 @@ impl EngineOptions {
 /// Picks the engine for `kind`.
 pub fn engine(kind: VmmKind, opts: &EngineOptions) -> Box<dyn Vmm> {
     match kind {
-        VmmKind::Qemu => Box::new(qemu::Qemu::from_env()),
+        VmmKind::Qemu => Box::new(qemu::Qemu::new(&opts.qemu)),
         VmmKind::Firecracker => Box::new(opts.firecracker.clone()),
     }
 }

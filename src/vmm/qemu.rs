@@ -23,15 +23,18 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM when /dev/kvm can run an ordinary guest, else TCG. `FIRECLAW_QEMU_ACCEL=kvm|tcg`
-    /// overrides. A PVM host (`kvm_pvm` loaded) has a /dev/kvm that hangs on ordinary kernels,
-    /// so it counts as no KVM.
-    pub fn detect() -> Accel {
-        match std::env::var("FIRECLAW_QEMU_ACCEL").as_deref() {
-            Ok("kvm") => return Accel::Kvm,
-            Ok("tcg") => return Accel::Tcg,
-            _ => {}
+    /// `kvm` or `tcg`.
+    pub fn parse(text: &str) -> Option<Accel> {
+        match text {
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
         }
+    }
+
+    /// KVM when /dev/kvm can run an ordinary guest, else TCG. A PVM host (`kvm_pvm` loaded) has
+    /// a /dev/kvm that hangs on ordinary kernels, so it counts as no KVM.
+    pub fn detect() -> Accel {
         let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
         let usable = std::fs::OpenOptions::new()
             .read(true)
@@ -57,15 +60,34 @@ pub struct Qemu {
     pub monitor_timeout: Duration,
 }
 
+/// What the caller chooses about QEMU. The library reads no environment: `fireclaw run` fills
+/// this from `FIRECLAW_QEMU`, `FIRECLAW_QEMU_ACCEL` and `FIRECLAW_QEMU_ACPI` (docs/run.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuOptions {
+    /// The QEMU binary, looked up in PATH when relative.
+    pub binary: PathBuf,
+    /// `None`: detect ([`Accel::detect`]).
+    pub accel: Option<Accel>,
+    /// Describe devices through ACPI (what Debian's cloud kernel needs).
+    pub acpi: bool,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        QemuOptions {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            accel: None,
+            acpi: true,
+        }
+    }
+}
+
 impl Qemu {
-    /// `FIRECLAW_QEMU` (binary), `FIRECLAW_QEMU_ACCEL`, `FIRECLAW_QEMU_ACPI=off`.
-    pub fn from_env() -> Qemu {
+    pub fn new(opts: &QemuOptions) -> Qemu {
         Qemu {
-            binary: std::env::var_os("FIRECLAW_QEMU")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
-            accel: Accel::detect(),
-            acpi: std::env::var("FIRECLAW_QEMU_ACPI").as_deref() != Ok("off"),
+            binary: opts.binary.clone(),
+            accel: opts.accel.unwrap_or_else(Accel::detect),
+            acpi: opts.acpi,
             monitor_timeout: Duration::from_secs(10),
         }
     }
@@ -164,6 +186,7 @@ impl Vmm for Qemu {
             qmp,
             spec: spec.clone(),
             program,
+            detached: false,
         };
         if let Boot::Snapshot(_) = &spec.boot {
             if let Err(e) = inst.wait_incoming() {
@@ -216,6 +239,8 @@ pub struct QemuInstance {
     qmp: Qmp,
     spec: VmSpec,
     program: String,
+    /// Set by [`Instance::detach`]: dropping the handle leaves QEMU running.
+    detached: bool,
 }
 
 impl QemuInstance {
@@ -307,11 +332,17 @@ impl Instance for QemuInstance {
     fn console_tail(&self) -> String {
         tail_of(&self.spec.console_log(), 15)
     }
+
+    fn detach(&mut self) {
+        self.detached = true;
+    }
 }
 
 impl Drop for QemuInstance {
     fn drop(&mut self) {
-        kill_child(&mut self.child);
+        if !self.detached {
+            kill_child(&mut self.child);
+        }
     }
 }
 

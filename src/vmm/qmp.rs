@@ -28,13 +28,26 @@ pub enum Reply {
     Greeting,
 }
 
+/// A line from QEMU that is not QMP. Each carries the line, printable and shortened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QmpError {
+    #[error("not JSON ({reason}): {line}")]
+    NotJson { reason: String, line: String },
+    #[error("expected a JSON object, got {line}")]
+    NotObject { line: String },
+    #[error("unexpected message {line}")]
+    Unexpected { line: String },
+}
+
 /// Parses one line QEMU sent.
-pub fn parse_line(line: &str) -> Result<Reply, String> {
-    let v: Value = serde_json::from_str(line.trim())
-        .map_err(|e| format!("not JSON ({e}): {}", printable(line, 200)))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("expected a JSON object, got {}", printable(line, 200)))?;
+pub fn parse_line(line: &str) -> Result<Reply, QmpError> {
+    let v: Value = serde_json::from_str(line.trim()).map_err(|e| QmpError::NotJson {
+        reason: e.to_string(),
+        line: printable(line, 200),
+    })?;
+    let obj = v.as_object().ok_or_else(|| QmpError::NotObject {
+        line: printable(line, 200),
+    })?;
     if let Some(r) = obj.get("return") {
         return Ok(Reply::Return(r.clone()));
     }
@@ -58,7 +71,9 @@ pub fn parse_line(line: &str) -> Result<Reply, String> {
     if obj.contains_key("QMP") {
         return Ok(Reply::Greeting);
     }
-    Err(format!("unexpected message {}", printable(line, 200)))
+    Err(QmpError::Unexpected {
+        line: printable(line, 200),
+    })
 }
 
 /// Control characters and overlong text from another process never reach the terminal raw.
@@ -116,9 +131,8 @@ impl Qmp {
                 source,
             })?;
         if n == 0 {
-            return Err(VmmError::Qmp {
+            return Err(VmmError::QmpClosed {
                 command: command.into(),
-                message: "QEMU closed the monitor connection".into(),
             });
         }
         if buf.len() > MAX_LINE {
@@ -127,9 +141,9 @@ impl Qmp {
                 message: format!("reply longer than {MAX_LINE} bytes"),
             });
         }
-        parse_line(&String::from_utf8_lossy(&buf)).map_err(|message| VmmError::Qmp {
+        parse_line(&String::from_utf8_lossy(&buf)).map_err(|source| VmmError::QmpProtocol {
             command: command.into(),
-            message,
+            source,
         })
     }
 
@@ -151,9 +165,10 @@ impl Qmp {
             match self.read_reply(command)? {
                 Reply::Return(v) => return Ok(v),
                 Reply::Error { class, desc } => {
-                    return Err(VmmError::Qmp {
+                    return Err(VmmError::QmpRefused {
                         command: command.into(),
-                        message: format!("{desc} ({class})"),
+                        class,
+                        desc,
                     })
                 }
                 Reply::Event(_) | Reply::Greeting => continue,
@@ -205,7 +220,7 @@ mod tests {
         ] {
             let r = parse_line(bad);
             assert!(r.is_err(), "{bad:?} gave {r:?}");
-            assert!(r.unwrap_err().len() < 400);
+            assert!(r.unwrap_err().to_string().len() < 400);
         }
         // An error object with wrong types still yields a message.
         assert_eq!(
@@ -253,22 +268,35 @@ mod tests {
             q.execute("query-status", None).unwrap()["status"],
             "running"
         );
-        let err = q.execute("nope", None).unwrap_err().to_string();
+        let err = q.execute("nope", None).unwrap_err();
+        assert!(
+            matches!(&err, VmmError::QmpRefused { class, .. } if class == "CommandNotFound"),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.contains("has not been found") && err.contains("nope"),
             "{err}"
         );
-        let err = q.execute("again", None).unwrap_err().to_string();
-        assert!(err.contains("closed"), "{err}");
+        let err = q.execute("again", None).unwrap_err();
+        assert!(matches!(err, VmmError::QmpClosed { .. }), "{err:?}");
+        assert!(err.to_string().contains("closed"), "{err}");
     }
 
     #[test]
     fn garbage_greeting_is_refused() {
         let (_d, path) = fake_qemu(vec!["HTTP/1.1 200 OK\r\n"]);
-        let err = Qmp::connect(&path, Duration::from_secs(5))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("not JSON"), "{err}");
+        let err = Qmp::connect(&path, Duration::from_secs(5)).err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                VmmError::QmpProtocol {
+                    source: QmpError::NotJson { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not JSON"), "{err}");
     }
 }

@@ -230,7 +230,15 @@ pub struct TestRoot {
 }
 
 impl TestRoot {
+    /// A root as `provision` leaves it, as far as `run` cares: the key and the state database.
     pub fn new(fixture: &Fixture) -> TestRoot {
+        let root = TestRoot::unprovisioned(fixture);
+        fireclaw::state::Db::open(&root.db_path()).unwrap();
+        root
+    }
+
+    /// Only the key: `run` must refuse this root and create nothing in it.
+    pub fn unprovisioned(fixture: &Fixture) -> TestRoot {
         let dir = tempfile::Builder::new()
             .prefix("fct")
             .tempdir_in("/tmp")
@@ -277,8 +285,25 @@ impl TestRoot {
             .unwrap()
     }
 
+    pub fn db_path(&self) -> PathBuf {
+        self.path().join("var/lib/fireclaw/state.db")
+    }
+
     pub fn db(&self) -> Option<fireclaw::state::Db> {
-        fireclaw::state::Db::open_read_only(&self.path().join("var/lib/fireclaw/state.db")).unwrap()
+        fireclaw::state::Db::open_read_only(&self.db_path()).unwrap()
+    }
+
+    /// The library's view of this root, for tests that drive `vm` directly.
+    pub fn host(&self) -> fireclaw::vm::Host {
+        let root = fireclaw::root::RootPrefix::new(self.path());
+        let config = fireclaw::config::Config::default();
+        let engines = fireclaw::vmm::EngineOptions::installed(&root.host(&config.paths.bin_dir));
+        fireclaw::vm::Host {
+            db_path: root.host(fireclaw::state::db_path(&config.paths.state_dir)),
+            engines,
+            root,
+            config,
+        }
     }
 
     /// Every VM resource fireclaw makes, checked gone: taps, leases, VM rows, disk clones,

@@ -101,7 +101,7 @@ impl ThinDisks {
 }
 
 fn storage_error(e: AdapterError) -> crate::storage::StorageError {
-    crate::storage::StorageError::Thin(e.to_string())
+    e.into()
 }
 
 impl crate::storage::DiskEngine for ThinDisks {

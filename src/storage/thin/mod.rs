@@ -11,6 +11,8 @@
 //! guest, a container, an initramfs).
 
 pub mod adapter;
+mod error;
+mod loopback;
 pub mod recorded;
 pub mod store;
 pub mod table;
@@ -21,12 +23,15 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use devicemapper::{DevId, DmError, DmName, DmOptions, DmUuid, DM};
+use devicemapper::{DevId, DmName, DmOptions, DmUuid, DM};
 use nix::errno::Errno;
 
 use crate::config::Config;
 use crate::root::RootPrefix;
-use crate::state::{Db, StateError};
+use crate::state::Db;
+pub use error::{dm_errno, ThinError};
+pub use loopback::loops_of;
+use loopback::{attach_loop, detach_loops_of};
 use store::{PoolRow, SnapshotRow, VolumeRow, VolumeState};
 use table::{DevNo, PoolMessage};
 pub use table::{PoolGeometry, PoolUsage};
@@ -38,94 +43,6 @@ pub const DEFAULT_POOL_NAME: &str = "fireclaw";
 const LOCK_FILE: &str = "pool.lock";
 /// Chunk size for copying an image in; all-zero chunks are skipped so they use no pool space.
 const COPY_CHUNK: usize = 1 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ThinError {
-    #[error("device-mapper is not available ({detail}): load it with `modprobe dm_mod dm_thin_pool` (package dmsetup, kernel CONFIG_DM_THIN_PROVISIONING); until then fireclaw uses reflink/copy disks")]
-    NoDeviceMapper { detail: String },
-    #[error("the kernel has no `thin-pool` device-mapper target: run `modprobe dm_thin_pool` (kernel CONFIG_DM_THIN_PROVISIONING)")]
-    MissingTarget,
-    #[error("device {device} is busy (still open, by a running VM or another tool): stop its user, then retry")]
-    Busy { device: String },
-    #[error("device-mapper {op} on {device} failed: {source}")]
-    Dm {
-        op: String,
-        device: String,
-        #[source]
-        source: DmError,
-    },
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot attach {} to a loop device: {source} (is the `loop` module loaded? `modprobe loop`)", file.display())]
-    Loop {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Geometry(#[from] table::GeometryError),
-    #[error(transparent)]
-    Status(#[from] table::StatusError),
-    #[error(transparent)]
-    Space(#[from] table::SpaceError),
-    #[error("thin pool {name:?} is not in the state database: run `fireclaw provision` first")]
-    NotProvisioned { name: String },
-    #[error("thin pool file {} is missing: the pool cannot be re-activated; run `fireclaw uninstall` and `fireclaw provision` again", path.display())]
-    PoolFileMissing { path: PathBuf },
-    #[error("image {image:?} has no thin volume in pool {pool:?}: provision imports images (`fireclaw provision --only thinpool`)")]
-    UnknownImage { image: String, pool: String },
-    #[error("VM {vm_id:?} already has a thin disk")]
-    DiskExists { vm_id: String },
-    #[error("VM {vm_id:?} has no thin disk")]
-    NoDisk { vm_id: String },
-    #[error("thin pool {pool:?} has used all 2^24 device ids; destroy VMs or run `fireclaw gc`")]
-    IdsExhausted { pool: String },
-    #[error("device node {} for {device} did not appear (is /dev a devtmpfs?)", path.display())]
-    NoDeviceNode { device: String, path: PathBuf },
-}
-
-impl ThinError {
-    fn dm(op: impl Into<String>, device: &str, source: DmError) -> ThinError {
-        let errno = dm_errno(&source);
-        ThinError::classify(op, device, errno, source)
-    }
-
-    /// EBUSY gets its own message: it is the error operators hit (a VM still holds the disk).
-    fn classify(
-        op: impl Into<String>,
-        device: &str,
-        errno: Option<Errno>,
-        source: DmError,
-    ) -> ThinError {
-        if errno == Some(Errno::EBUSY) {
-            return ThinError::Busy {
-                device: device.to_string(),
-            };
-        }
-        ThinError::Dm {
-            op: op.into(),
-            device: device.to_string(),
-            source,
-        }
-    }
-}
-
-/// The errno behind a device-mapper ioctl failure, if that is what it was.
-pub fn dm_errno(e: &DmError) -> Option<Errno> {
-    match e {
-        DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => {
-            Some(Errno::from_raw(**errno as i32))
-        }
-        _ => None,
-    }
-}
 
 /// Where and how big the pool is: the config, resolved under the root prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -914,111 +831,6 @@ fn wait_for_node(name: &str, dev: DevNo) -> Result<PathBuf, ThinError> {
     Ok(path)
 }
 
-/// An attached loop device, kept open until the pool table holds it.
-struct Attached {
-    /// Held only to keep the device open (see [`ThinEngine::start_pool`]).
-    _device: loopdev::LoopDevice,
-    devno: DevNo,
-}
-
-/// Attaches `file` to a free loop device with autoclear. Reuses a loop device that already backs
-/// the file (an earlier attempt that got no further). Retries when another process took the free
-/// device first: our lock does not cover other tools (losetup, LVM).
-fn attach_loop(file: &Path) -> Result<Attached, ThinError> {
-    let loop_err = |source| ThinError::Loop {
-        file: file.to_path_buf(),
-        source,
-    };
-    if let Some(dev) = loops_of(file).into_iter().next() {
-        let ld = loopdev::LoopDevice::open(&dev).map_err(loop_err)?;
-        let no = devno_of(&ld).map_err(loop_err)?;
-        return Ok(Attached {
-            _device: ld,
-            devno: no,
-        });
-    }
-    let control = loopdev::LoopControl::open().map_err(loop_err)?;
-    let mut attempt = 0;
-    loop {
-        let ld = control.next_free().map_err(loop_err)?;
-        match ld.with().autoclear(true).attach(file) {
-            Ok(()) => {
-                let no = devno_of(&ld).map_err(loop_err)?;
-                return Ok(Attached {
-                    _device: ld,
-                    devno: no,
-                });
-            }
-            Err(e) if e.raw_os_error() == Some(libc_ebusy()) && attempt < 10 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(20 * attempt));
-            }
-            Err(e) => return Err(loop_err(e)),
-        }
-    }
-}
-
-fn libc_ebusy() -> i32 {
-    Errno::EBUSY as i32
-}
-
-fn devno_of(ld: &loopdev::LoopDevice) -> std::io::Result<DevNo> {
-    Ok(DevNo {
-        major: ld.major()?,
-        minor: ld.minor()?,
-    })
-}
-
-/// Loop devices (as `/dev/loopN`) whose backing file is `file`, from sysfs.
-pub fn loops_of(file: &Path) -> Vec<PathBuf> {
-    let want = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        let backing = backing.trim_end_matches('\n');
-        if Path::new(backing) == want || backing.strip_suffix(" (deleted)") == want.to_str() {
-            out.push(PathBuf::from(format!("/dev/{name}")));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn detach_loops_of(file: &Path) -> Result<(), ThinError> {
-    for dev in loops_of(file) {
-        let ld = loopdev::LoopDevice::open(&dev).map_err(|source| ThinError::Loop {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        match ld.detach() {
-            Ok(()) => {}
-            // Autoclear already released it between our scan and the detach.
-            Err(e) if e.raw_os_error() == Some(Errno::ENXIO as i32) => {}
-            Err(e) if e.raw_os_error() == Some(libc_ebusy()) => {
-                return Err(ThinError::Busy {
-                    device: dev.display().to_string(),
-                })
-            }
-            Err(source) => {
-                return Err(ThinError::Loop {
-                    file: file.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Default liveness for `gc` when no VM table says otherwise: the process that created the disk
 /// still runs. A crashed fireclaw leaves disks whose owner is gone.
 pub fn owner_alive(row: &SnapshotRow) -> bool {
@@ -1042,32 +854,6 @@ mod tests {
         assert_eq!(spec.vm_dm_name("vm/1"), "fireclaw-vm-vm_1");
         assert_eq!(spec.image_dm_name("base", 3), "fireclaw-img-base-3");
         assert!(spec.owns("fireclaw-vm-x") && !spec.owns("other-pool"));
-    }
-
-    #[test]
-    fn busy_ioctl_becomes_a_busy_error_naming_the_device() {
-        let src = || DmError::Dm(devicemapper::ErrorEnum::Invalid, "ioctl".into());
-        let t =
-            ThinError::classify("remove", "fireclaw-vm-a", Some(Errno::EBUSY), src()).to_string();
-        assert!(t.contains("fireclaw-vm-a is busy"), "{t}");
-        let t = ThinError::classify("load table", "fireclaw-pool", Some(Errno::EINVAL), src())
-            .to_string();
-        assert!(t.contains("load table on fireclaw-pool failed"), "{t}");
-    }
-
-    #[test]
-    fn missing_device_mapper_says_how_to_fix_it() {
-        let t = ThinError::NoDeviceMapper {
-            detail: "/dev/mapper/control: No such file".into(),
-        }
-        .to_string();
-        assert!(
-            t.contains("modprobe dm_mod dm_thin_pool") && t.contains("reflink/copy"),
-            "{t}"
-        );
-        assert!(ThinError::MissingTarget
-            .to_string()
-            .contains("modprobe dm_thin_pool"));
     }
 
     #[test]
