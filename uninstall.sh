@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reverse install.sh: `fireclaw uninstall` (every change provision journaled), then remove the binary,
-# its man page and its bash completion.
+# Reverse install.sh: `fireclaw uninstall` (every change provision journaled), then remove the
+# binaries (fireclaw, fireclaw-guest), the man page and the bash completion.
 #
 #   ./uninstall.sh             uninstall and remove /usr/local/bin/fireclaw and what install.sh added
 #   ./uninstall.sh --dry-run   show what would be reversed; changes nothing
@@ -12,7 +12,7 @@ root=${FIRECLAW_ROOT:-/}
 root=${root%/}
 dest="$root/usr/local/bin/fireclaw"
 man1="$root/usr/local/share/man/man1"
-extras=("$man1/fireclaw.1" "$root/usr/share/bash-completion/completions/fireclaw")
+extras=("$root/usr/local/bin/fireclaw-guest" "$man1/fireclaw.1" "$root/usr/share/bash-completion/completions/fireclaw")
 
 say() { printf 'uninstall.sh: %s\n' "$*" >&2; }
 

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
 /// The musl target the guest agent is built for.
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
@@ -38,13 +38,20 @@ pub fn find(exe: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// There is no usable guest agent: none was found, or the one found is not a static binary.
+/// Typed so that provision can show it as a blocked step with the fix rather than fail planning.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// Why there is no guest agent to install, with how to get one.
 pub fn missing(recipe_file: &str, dest: &str) -> anyhow::Error {
-    anyhow::anyhow!(
+    Unavailable(format!(
         "{recipe_file}: files {dest} (builtin = \"guest-agent\"): no guest agent binary found; \
-         build it with `{BUILD_HINT}` (it lands in target/{TARGET}/release/fireclaw-guest) or pass \
-         --guest-agent PATH"
-    )
+         build it with `{BUILD_HINT}` (it lands in target/{TARGET}/release/fireclaw-guest), \
+         install it beside fireclaw (install.sh does both), or pass --guest-agent PATH"
+    ))
+    .into()
 }
 
 /// Reads the guest agent and refuses anything that is not a statically linked x86-64 ELF: a
@@ -52,10 +59,11 @@ pub fn missing(recipe_file: &str, dest: &str) -> anyhow::Error {
 pub fn read_static(p: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = fs::read(p).with_context(|| format!("reading guest agent {}", p.display()))?;
     if let Err(why) = check_static_elf(&bytes) {
-        bail!(
+        return Err(Unavailable(format!(
             "guest agent {}: {why}; the guest needs a static binary: build it with `{BUILD_HINT}`",
             p.display()
-        );
+        ))
+        .into());
     }
     Ok(bytes)
 }

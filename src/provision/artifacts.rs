@@ -118,7 +118,30 @@ impl Step for Images {
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
         let opts = options(ctx.root, ctx.config)?;
-        let targets = image::plan(&opts, &ctx.config.images.recipes)?;
+        // Recipe by recipe, so that an image that cannot be planned yet (no static guest agent
+        // built) blocks the step with the fix while the others still show what they would do.
+        let mut targets = Vec::new();
+        let mut blocked = Vec::new();
+        for name in &ctx.config.images.recipes {
+            match image::plan(&opts, std::slice::from_ref(name)) {
+                Ok(t) => targets.extend(t),
+                Err(e) => match e.downcast_ref::<image::guest_agent::Unavailable>() {
+                    Some(why) => blocked.push(Check {
+                        name: format!("image {name}"),
+                        ok: false,
+                        detail: why.to_string(),
+                        fix: Some(format!(
+                            "rustup target add {} && {} (install.sh does this and installs it \
+                             beside fireclaw), or leave `{name}` out of [images] recipes",
+                            image::guest_agent::TARGET,
+                            image::guest_agent::BUILD_HINT
+                        )),
+                        required: true,
+                    }),
+                    None => return Err(e),
+                },
+            }
+        }
         let mut plan = StepPlan::with_actions(
             targets
                 .iter()
@@ -127,6 +150,7 @@ impl Step for Images {
         );
         plan.checks
             .extend(mirror_checks(&targets, opts.alpine_mirror.as_deref()));
+        plan.checks.extend(blocked);
         Ok(plan)
     }
 }
