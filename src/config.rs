@@ -430,11 +430,11 @@ impl Config {
                 ));
             }
         }
-        crate::net::validate_ifname(&self.network.bridge)
+        crate::values::validate_ifname(&self.network.bridge)
             .map_err(|m| invalid("network.bridge", m))?;
-        let bridge = crate::net::Ipv4Cidr::parse(&self.network.address)
+        let bridge = crate::values::Ipv4Cidr::parse(&self.network.address)
             .map_err(|m| invalid("network.address", m))?;
-        let clones = crate::net::slot::CloneRange::parse(&self.network.clone_range)
+        let clones = crate::values::CloneRange::parse(&self.network.clone_range)
             .map_err(|m| invalid("network.clone_range", m))?;
         if clones.overlaps(&bridge) {
             return Err(invalid(
@@ -478,7 +478,7 @@ impl Config {
             }
         }
         for (i, channel) in self.irc.channels.iter().enumerate() {
-            if !crate::irc::is_channel_name(channel) {
+            if !crate::values::is_channel_name(channel) {
                 return Err(Invalid {
                     key: "irc.channels",
                     item: Some(i),
@@ -490,7 +490,7 @@ impl Config {
             ("irc.operator", &self.irc.operator),
             ("irc.overseer_nick", &self.irc.overseer_nick),
         ] {
-            if !crate::irc::is_nick(nick) {
+            if !crate::values::is_nick(nick) {
                 return Err(invalid(
                     key,
                     format!("expected an IRC nickname, got {nick:?}"),
@@ -514,7 +514,7 @@ impl Config {
             .check(pool.warm_per_image.into())
             .map_err(|m| invalid("pool.warm_per_image", m))?;
         // Checked above: the address parses.
-        if let Ok(cidr) = crate::net::Ipv4Cidr::parse(&self.network.address) {
+        if let Ok(cidr) = crate::values::Ipv4Cidr::parse(&self.network.address) {
             // Every VM needs an address of its own; the network, broadcast and host addresses are taken.
             let guests = (1u64 << (32 - u32::from(cidr.prefix))) - 3;
             if u64::from(pool.max_vms) > guests {

@@ -20,5 +20,6 @@ pub mod runtime;
 pub mod state;
 pub mod storage;
 pub mod template;
+pub mod values;
 pub mod vm;
 pub mod vmm;

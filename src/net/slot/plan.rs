@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::super::policy::Policy;
 use super::super::{validate_ifname, Ipv4Cidr};
+pub use crate::values::{CloneRange, MAX_SLOTS};
 
 /// Name of the veth end inside every slot's namespace (the namespace is the slot's own, so a
 /// fixed name cannot collide).
@@ -16,14 +17,6 @@ pub const HOST_VETH_PREFIX: &str = "fcv";
 /// The default prefix of slot namespaces: `fc-slot-<index>`.
 pub const DEFAULT_NS_PREFIX: &str = "fc-slot-";
 
-/// The range outside addresses come from: a network address with a prefix length, split into
-/// /31s, one per slot (host side even, clone side odd, RFC 3021 point-to-point).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloneRange {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
 /// The two addresses of one slot's /31.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotAddrs {
@@ -33,39 +26,7 @@ pub struct SlotAddrs {
     pub outside: Ipv4Addr,
 }
 
-/// The most slots one range may hold: names stay within IFNAMSIZ and a pool stays a pool.
-pub const MAX_SLOTS: u32 = 65_536;
-
 impl CloneRange {
-    /// `10.200.0.0/16`: a network address (host bits zero) with a prefix of 8 to 30.
-    pub fn parse(text: &str) -> Result<CloneRange, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("expected NETWORK/PREFIX like 10.200.0.0/16, got {text:?}"))?;
-        let network: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("prefix {prefix:?} must be a number from 8 to 30"))?;
-        let mask = u32::MAX << (32 - u32::from(prefix));
-        if u32::from(network) & !mask != 0 {
-            return Err(format!(
-                "{text} has host bits set; the network is {}/{prefix}",
-                Ipv4Addr::from(u32::from(network) & mask)
-            ));
-        }
-        Ok(CloneRange { network, prefix })
-    }
-
-    /// How many /31 slots the range holds (capped at [`MAX_SLOTS`]).
-    pub fn slots(&self) -> u32 {
-        let size = 1u64 << (32 - u32::from(self.prefix));
-        (size / 2).min(u64::from(MAX_SLOTS)) as u32
-    }
-
     /// The addresses of slot `index`, or `None` past the end of the range.
     pub fn addrs(&self, index: u32) -> Option<SlotAddrs> {
         if index >= self.slots() {
@@ -76,24 +37,6 @@ impl CloneRange {
             host: Ipv4Addr::from(host),
             outside: Ipv4Addr::from(host + 1),
         })
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - u32::from(self.prefix));
-        u32::from(ip) & mask == u32::from(self.network)
-    }
-
-    /// True when the two ranges share an address.
-    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
-        let p = self.prefix.min(other.prefix);
-        let mask = u32::MAX << (32 - u32::from(p));
-        u32::from(self.network) & mask == u32::from(other.addr) & mask
-    }
-}
-
-impl std::fmt::Display for CloneRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
     }
 }
 
