@@ -582,12 +582,20 @@ fn provision_group_action_creates_and_its_undo_removes_the_group() {
     let action = Action::CreateGroup { name: name.clone() };
     let (undo, backup) = action.prepare_undo(&root).unwrap();
     action
-        .execute(&root, &fireclaw::config::Config::default())
+        .execute(
+            &root,
+            &fireclaw::config::Config::default(),
+            &fireclaw::report::Silent,
+        )
         .unwrap();
     assert!(nix::unistd::Group::from_name(&name).unwrap().is_some());
     // Idempotent both ways: a second create and a second undo are no-ops.
     action
-        .execute(&root, &fireclaw::config::Config::default())
+        .execute(
+            &root,
+            &fireclaw::config::Config::default(),
+            &fireclaw::report::Silent,
+        )
         .unwrap();
     undo.revert(&root, backup.as_deref()).unwrap();
     assert!(nix::unistd::Group::from_name(&name).unwrap().is_none());

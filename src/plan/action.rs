@@ -412,7 +412,13 @@ impl Action {
         })
     }
 
-    pub fn execute(&self, root: &RootPrefix, config: &crate::config::Config) -> anyhow::Result<()> {
+    /// Carries the change out; long work (builds) reports its progress through `reporter`.
+    pub fn execute(
+        &self,
+        root: &RootPrefix,
+        config: &crate::config::Config,
+        reporter: &dyn crate::report::Reporter,
+    ) -> anyhow::Result<()> {
         match self {
             // The engine opens the database itself (it needs the handle); see plan::apply.
             Action::CreateStateDb { .. } => Ok(()),
@@ -457,7 +463,7 @@ impl Action {
             Action::NftTable { ruleset, .. } => crate::net::nft::apply(ruleset),
             Action::Systemctl { args } => crate::provision::systemd::systemctl(args),
             Action::CreateGroup { name } => crate::provision::group::create(name),
-            Action::Build { id, .. } => crate::provision::build(root, config, id),
+            Action::Build { id, .. } => crate::provision::build(root, config, id, reporter),
             Action::CreateThinPool {
                 state_dir,
                 data_mib,
@@ -709,7 +715,11 @@ mod tests {
         };
         let (undo, backup) = write.prepare_undo(&root).unwrap();
         write
-            .execute(&root, &crate::config::Config::default())
+            .execute(
+                &root,
+                &crate::config::Config::default(),
+                &crate::report::Silent,
+            )
             .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("etc/keep")).unwrap(),

@@ -87,7 +87,7 @@ pub fn apply(
                 backup.as_deref(),
             )?;
             action
-                .execute(root, config)
+                .execute(root, config, reporter)
                 .with_context(|| format!("step {}", step.name))?;
             journal.journal_set_status(id, JournalStatus::Done)?;
             applied += 1;

@@ -170,7 +170,12 @@ impl Step for ThinPoolStep {
 }
 
 /// Executes a `Build` action: re-plans the target (the key pair and sources now exist) and builds it.
-pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result<()> {
+pub fn run_build(
+    root: &RootPrefix,
+    config: &Config,
+    id: &str,
+    reporter: &dyn crate::report::Reporter,
+) -> anyhow::Result<()> {
     let name = match id {
         "kernel" => image::KERNEL,
         other => other
@@ -179,7 +184,7 @@ pub fn run_build(root: &RootPrefix, config: &Config, id: &str) -> anyhow::Result
     };
     let opts = options(root, config)?;
     for target in image::plan(&opts, &[name.to_string()])? {
-        image::build(&opts, &target, &crate::report::Tracing)?;
+        image::build(&opts, &target, reporter)?;
     }
     Ok(())
 }

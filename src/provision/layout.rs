@@ -153,7 +153,9 @@ mod tests {
             "{key_actions:?}"
         );
         let (undo, backup) = key_actions[0].prepare_undo(&root).unwrap();
-        key_actions[0].execute(&root, &config).unwrap();
+        key_actions[0]
+            .execute(&root, &config, &crate::report::Silent)
+            .unwrap();
         assert_eq!(std::fs::read(&host_key).unwrap(), private);
         let public = std::fs::read_to_string(root.host(format!("{key}.pub"))).unwrap();
         assert!(public.starts_with("ssh-ed25519 ") && public.contains("operator"));
@@ -202,7 +204,8 @@ mod tests {
             comment: "fireclaw".into(),
         };
         let (undo, backup) = a.prepare_undo(&root).unwrap();
-        a.execute(&root, &Config::default()).unwrap();
+        a.execute(&root, &Config::default(), &crate::report::Silent)
+            .unwrap();
         undo.revert(&root, backup.as_deref()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("k/id")).unwrap(), b"mine");
         assert!(!dir.path().join("k/id.pub").exists());

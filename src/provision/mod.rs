@@ -40,8 +40,13 @@ pub fn step_names() -> Vec<&'static str> {
 }
 
 /// Runs a builder named by a plan's `Build` action.
-pub fn build(root: &RootPrefix, config: &crate::config::Config, id: &str) -> anyhow::Result<()> {
-    artifacts::run_build(root, config, id)
+pub fn build(
+    root: &RootPrefix,
+    config: &crate::config::Config,
+    id: &str,
+    reporter: &dyn crate::report::Reporter,
+) -> anyhow::Result<()> {
+    artifacts::run_build(root, config, id, reporter)
 }
 
 /// Whether fireclaw should talk to systemd: only on the real root, and only when systemd runs.
