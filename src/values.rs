@@ -27,6 +27,23 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `A.B.C.D/P` with a prefix of 8 to 30 (a /31 or /32 leaves no room for hosts); `shape` is
+/// what the error says was expected.
+fn split_cidr(text: &str, shape: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected {shape}, got {text:?}"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| format!("prefix {prefix:?} must be a number from 8 to 30"))?;
+    Ok((addr, prefix))
+}
+
 /// An IPv4 address with prefix length, e.g. `172.16.0.1/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Cidr {
@@ -36,17 +53,7 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn parse(text: &str) -> Result<Ipv4Cidr, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("expected ADDRESS/PREFIX like 172.16.0.1/24, got {text:?}"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("prefix {prefix:?} must be a number from 8 to 30"))?;
+        let (addr, prefix) = split_cidr(text, "ADDRESS/PREFIX like 172.16.0.1/24")?;
         let cidr = Ipv4Cidr { addr, prefix };
         if addr == cidr.network() || addr == cidr.broadcast() {
             return Err(format!(
@@ -120,17 +127,7 @@ pub const MAX_SLOTS: u32 = 65_536;
 impl CloneRange {
     /// `10.200.0.0/16`: a network address (host bits zero) with a prefix of 8 to 30.
     pub fn parse(text: &str) -> Result<CloneRange, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("expected NETWORK/PREFIX like 10.200.0.0/16, got {text:?}"))?;
-        let network: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| format!("prefix {prefix:?} must be a number from 8 to 30"))?;
+        let (network, prefix) = split_cidr(text, "NETWORK/PREFIX like 10.200.0.0/16")?;
         let mask = u32::MAX << (32 - u32::from(prefix));
         if u32::from(network) & !mask != 0 {
             return Err(format!(

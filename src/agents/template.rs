@@ -303,7 +303,10 @@ impl Template {
     /// Parses one template file's text; `path` is only for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Template, TemplateError> {
         toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let (line, column) = e
+                .span()
+                .map(|s| crate::config::line_col(text, s.start))
+                .unwrap_or((1, 1));
             TemplateError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -418,14 +421,6 @@ impl fmt::Display for Tool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
