@@ -593,8 +593,11 @@ impl<'a> ThinEngine<'a> {
     /// the pool is past `max_used_percent`.
     pub fn clone_for_vm(&self, image: &str, vm_id: &str) -> Result<VmDisk, ThinError> {
         self.ensure_active()?;
-        table::check_space(&self.usage()?, self.spec.max_used_percent)?;
+        // The pool's status is read under the lock: ensure_active's unlocked fast path sees a
+        // pool device another process is still activating (created, table not yet live), whose
+        // status is empty; activation holds the lock until the table is live.
         let _lock = self.lock()?;
+        table::check_space(&self.usage()?, self.spec.max_used_percent)?;
         if store::snapshot_for_vm(self.db, vm_id)?.is_some() {
             return Err(ThinError::DiskExists {
                 vm_id: vm_id.to_string(),
