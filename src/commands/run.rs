@@ -234,7 +234,7 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
     Ok((host, opts))
 }
 
-fn default_vmm(env: &Env) -> VmmKind {
+pub fn default_vmm(env: &Env) -> VmmKind {
     let fc = env.root.host(&env.config.paths.bin_dir).join("firecracker");
     if fc.exists() {
         VmmKind::Firecracker

@@ -5,5 +5,6 @@
 //! on, so a restore on a host where any of it changed is refused with the part that differs;
 //! [`store`] keeps the snapshots' rows.
 
+pub mod snapshot;
 pub mod store;
 pub mod tag;
