@@ -6,6 +6,9 @@ mod support;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use fireclaw::net::policy::Policy;
+use fireclaw::net::slot::SlotPool;
+use fireclaw::pool::clone::ClonedVm;
 use fireclaw::pool::snapshot::{self, Recipe};
 use fireclaw::pool::store::{self, SnapshotState};
 use support::vm::*;
@@ -138,4 +141,108 @@ fn a_snapshot_from_another_kernel_or_image_is_refused_by_name_and_rebuilt() {
     snapshot::remove(&host, &second.row.id).unwrap();
     assert!(snapshot_dirs(&root).is_empty());
     assert!(store::list(&db).unwrap().is_empty());
+}
+
+fn slot_pool(ns: &str, host: &fireclaw::vm::Host, snap: &snapshot::Snapshot) -> SlotPool {
+    let mut cfg = fireclaw::pool::clone::slot_config(host, snap).unwrap();
+    cfg.ns_prefix = slot_prefix();
+    cfg.host_ns = Some(ns.to_string());
+    SlotPool::new(host.db().unwrap(), cfg).unwrap()
+}
+
+fn slot_prefix() -> String {
+    format!("fct-{}-s-", std::process::id())
+}
+
+/// No slot row, no slot namespace, no host veth of a slot.
+fn assert_no_slots(ns: &Netns, host: &fireclaw::vm::Host) {
+    let rows = fireclaw::net::slot::store::list(&host.db().unwrap()).unwrap();
+    assert!(rows.is_empty(), "slot rows left: {rows:?}");
+    let names = sh_ok("ip netns list");
+    assert!(
+        !names.contains(&slot_prefix()),
+        "slot namespaces left: {names}"
+    );
+    let links = sh_ok(&format!("ip -n {} -o link show", ns.name));
+    assert!(!links.contains(": fcv"), "slot veths left: {links}");
+}
+
+/// Runs a command on a ready clone: (exit, stdout).
+fn exec(
+    rt: &tokio::runtime::Runtime,
+    c: &ClonedVm,
+    cmd: &str,
+) -> (fireclaw::vm::ssh::Exit, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = rt.block_on(c.exec(cmd, &mut out, &mut err)).unwrap();
+    (exit, format!("{}{}", text(&out), text(&err)))
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
+fn two_clones_of_one_snapshot_run_side_by_side_and_are_not_twins() {
+    if !prerequisites("vm", true) {
+        return;
+    }
+    let _l = vm_lock();
+    let ns = Netns::new("pclone");
+    sh_ok(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+        ns.name
+    ));
+    let root = TestRoot::new(&fixture());
+    let host = root.host();
+    let recipe = recipe(&root);
+    let timeout = Duration::from_secs(180);
+    let (h, r) = (host.clone(), recipe.clone());
+    let ns_name = ns.name.clone();
+    let snap_id = in_ns(&ns, move |rt| {
+        let (snap, _) = rt.block_on(snapshot::ensure(&h, &r, timeout)).unwrap();
+        let mut slots = slot_pool(&ns_name, &h, &snap);
+        let mut a = ClonedVm::start(&h, &snap, &mut slots, Policy::None).unwrap();
+        let mut b = ClonedVm::start(&h, &snap, &mut slots, Policy::None).unwrap();
+        rt.block_on(a.ready(timeout)).unwrap();
+        rt.block_on(b.ready(timeout)).unwrap();
+        assert_ne!(a.outside(), b.outside());
+        println!("restore timings: {:?} / {:?}", a.timings, b.timings);
+        let probe = "cat /proc/sys/kernel/random/uuid; cat /etc/machine-id; date +%s; hostname";
+        let mut seen = Vec::new();
+        for c in [&a, &b] {
+            let (exit, out) = exec(rt, c, probe);
+            assert_eq!(exit, fireclaw::vm::ssh::Exit::Code(0), "{out}");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 4, "{out}");
+            let guest_clock: i64 = lines[2].trim().parse().unwrap();
+            let host_clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            assert!(
+                (guest_clock - host_clock).abs() <= 5,
+                "clone clock {guest_clock} vs host {host_clock}"
+            );
+            assert_eq!(lines[3], format!("fc-{}", c.id));
+            seen.push((lines[0].to_string(), lines[1].to_string()));
+        }
+        assert_ne!(seen[0].0, seen[1].0, "random UUIDs are equal");
+        assert_ne!(seen[0].1, seen[1].1, "machine-ids are equal");
+        assert!(a.destroy().is_empty());
+        assert!(b.destroy().is_empty());
+
+        // A clone its owner lost (as if fireclaw died): gc removes its VMM, disk, run dir and
+        // row, and releases its slot, which names it.
+        let lost = ClonedVm::start(&h, &snap, &mut slots, Policy::Local).unwrap();
+        let lost_id = lost.id.clone();
+        std::mem::forget(lost);
+        let report = fireclaw::vm::gc(&h, false, Some(&lost_id)).unwrap();
+        assert_eq!(report.removed, vec![lost_id]);
+        let cfg = slots.config().clone();
+        let released = fireclaw::pool::clone::release_slots_of_gone_vms_in(&h, cfg).unwrap();
+        assert_eq!(released.len(), 1, "{released:?}");
+        slots.close().unwrap();
+        snap.row.id
+    });
+    assert_no_slots(&ns, &host);
+    root.assert_no_leaks(&ns);
+    snapshot::remove(&host, &snap_id).unwrap();
 }

@@ -59,6 +59,10 @@ pub struct MachineFile {
     pub cmdline: String,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// The SSH login and the guest's pinned host key (OpenSSH format): the guest in the memory
+    /// image is the one that booted, whatever the image's manifest says later.
+    pub user: String,
+    pub host_key: String,
 }
 
 pub const MACHINE_FILE: &str = "machine.json";
@@ -307,6 +311,12 @@ async fn snapshot_machine(
         cmdline: crate::vm::kernel_cmdline(ip, &bridge, recipe.vmm, &recipe.image.cmdline_extra),
         kernel: recipe.image.kernel.clone(),
         initrd: recipe.image.initrd.clone(),
+        user: recipe.image.user.clone(),
+        host_key: recipe
+            .image
+            .host_key
+            .to_openssh()
+            .context("encoding the guest's host key")?,
     };
     let path = dir.join(MACHINE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&file)?)
@@ -384,6 +394,8 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             kernel: "/k".into(),
             initrd: None,
+            user: "root".into(),
+            host_key: "ssh-ed25519 AAAA".into(),
         };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<MachineFile>(&text).unwrap(), m);
