@@ -227,12 +227,16 @@ impl ClonedVm {
     }
 
     /// Runs `command` (a shell command line) on the open session.
-    pub async fn exec(
+    pub async fn exec<O, E>(
         &self,
         command: &str,
-        out: &mut Vec<u8>,
-        err: &mut Vec<u8>,
-    ) -> anyhow::Result<ssh::Exit> {
+        out: &mut O,
+        err: &mut E,
+    ) -> anyhow::Result<ssh::Exit>
+    where
+        O: tokio::io::AsyncWrite + Unpin,
+        E: tokio::io::AsyncWrite + Unpin,
+    {
         let s = self
             .session
             .as_ref()

@@ -9,3 +9,4 @@ pub mod clone;
 pub mod snapshot;
 pub mod store;
 pub mod tag;
+pub mod warm;

@@ -144,6 +144,7 @@ pub fn router(service: Svc) -> Router {
         .route("/v1/vms/{id}", delete(remove_vm))
         .route("/v1/vms/{id}/exec", post(exec_vm))
         .route("/v1/vms/{id}/console", get(console))
+        .route("/v1/run", post(run_vm))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             service.clone(),
@@ -353,6 +354,30 @@ async fn exec_vm(
             format!("the command did not finish within {t} s"),
         )),
         Err(super::exec::ExecError::Failed(m)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, m)),
+    }
+}
+
+async fn run_vm(
+    State(s): State<Svc>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<proto::RunResult>> {
+    let req: proto::RunRequest = parse_body(body)?;
+    req.check()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    if s.is_stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime is stopping",
+        ));
+    }
+    match super::run::run(&s, &req).await {
+        Ok(r) => Ok(Json(r)),
+        Err(super::run::RunError::BadRequest(m)) => Err(ApiError::new(StatusCode::BAD_REQUEST, m)),
+        Err(super::run::RunError::Timeout(t)) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the VM or the command did not finish within {t} s"),
+        )),
+        Err(super::run::RunError::Failed(m)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, m)),
     }
 }
 
