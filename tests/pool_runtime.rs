@@ -158,6 +158,34 @@ fn a_pool_hands_out_a_ready_clone_and_survives_kill_9_mid_refill() {
     );
     wait_ready(&client, &rt, 1, Duration::from_secs(120));
     assert_eq!(slot_rows(&root), 1, "one slot for the one pooled clone");
+    // `fireclaw run` goes through the runtime when it answers, and says so with -v.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_fireclaw"))
+        .arg("--root")
+        .arg(root.path())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "-v",
+            "run",
+            "--image",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo hi; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert!(
+        text(&out.stderr).contains("from the runtime (origin pool)"),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_ready(&client, &rt, 1, Duration::from_secs(120));
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");
     assert_eq!(
