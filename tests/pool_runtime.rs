@@ -55,6 +55,18 @@ fn wait_ready(client: &Client, rt: &Runtime, n: u32, timeout: Duration) {
     }
 }
 
+/// The id of the VM `/v1/vms` lists with origin `pool`, if any.
+fn pooled_vm(client: &Client) -> Option<String> {
+    let list: fireclaw_proto::control::VmList =
+        fireclaw::runtime::client::block_on(client.json(hyper::Method::GET, "/v1/vms", None))
+            .unwrap()
+            .unwrap();
+    list.vms
+        .into_iter()
+        .find(|v| v.origin == Origin::Pool)
+        .map(|v| v.id)
+}
+
 fn slot_rows(root: &TestRoot) -> usize {
     root.db()
         .map(|db| fireclaw::net::slot::store::list(&db).unwrap().len())
@@ -104,7 +116,7 @@ fn a_pool_hands_out_a_ready_clone_and_survives_kill_9_mid_refill() {
     let rt_files = tempfile::tempdir().unwrap();
     let client = Client::new(root.path().join("run/fireclaw/fireclaw.sock"));
 
-    let rt = Runtime::start(runtime(), rt_files.path());
+    let mut rt = Runtime::start(runtime(), rt_files.path());
     // The first fill builds the snapshot (a cold boot) and restores one clone.
     wait_ready(&client, &rt, 1, Duration::from_secs(120));
     let req = RunRequest {
@@ -142,9 +154,56 @@ fn a_pool_hands_out_a_ready_clone_and_survives_kill_9_mid_refill() {
         "{metrics}"
     );
 
-    // The hand-out woke the refill: kill -9 while it restores.
-    std::thread::sleep(Duration::from_millis(300));
-    let mut rt = rt;
+    wait_ready(&client, &rt, 1, Duration::from_secs(120));
+
+    // A pooled VM whose VMM dies is noticed, cleaned up and replaced.
+    let pooled = pooled_vm(&client).expect("a pooled VM is listed with origin pool");
+    let pid = fireclaw::vm::record::get(&root.db().unwrap(), &pooled)
+        .unwrap()
+        .unwrap()
+        .vmm_pid
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while pooled_vm(&client).is_none_or(|id| id == pooled) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{}",
+            rt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fireclaw::vm::record::get(&root.db().unwrap(), &pooled)
+        .unwrap()
+        .is_none());
+
+    // SIGHUP resizes: to nothing (the pooled VM is destroyed), then back to one.
+    let sized = |n: u32| {
+        format!(
+            "[pool]\nwarm_per_image = {n}\nvcpus = 1\nmem_mib = 256\n\n[images]\nrecipes = [\"{name}\"]\n"
+        )
+    };
+    std::fs::write(&config, sized(0)).unwrap();
+    rt.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_ready(&client, &rt, 0, Duration::from_secs(30));
+    let start = std::time::Instant::now();
+    while slot_rows(&root) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            rt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&config, sized(1)).unwrap();
+    rt.signal(nix::sys::signal::Signal::SIGHUP);
+
+    // The refill starts at once: kill -9 while it restores.
+    std::thread::sleep(Duration::from_millis(400));
     rt.signal(nix::sys::signal::Signal::SIGKILL);
     rt.child.wait().unwrap();
     drop(rt);

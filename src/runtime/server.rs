@@ -590,6 +590,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_requests_name_only_configured_images_and_known_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(service(dir.path()));
+        for (body, needle) in [
+            (r#"{"argv": []}"#, "argv is empty"),
+            (r#"{"argv": ["true"], "policy": "open"}"#, "policy \"open\""),
+            (
+                r#"{"argv": ["true"], "image": "/etc/shadow"}"#,
+                "is not one of the runtime's images",
+            ),
+            (r#"{"argv": ["true"], "disk": "/dev/sda"}"#, "unknown field"),
+        ] {
+            let (got, text) = call(&app, "POST", "/v1/run", body.as_bytes().to_vec()).await;
+            assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {text}");
+            let msg = error_of(&text);
+            assert!(msg.contains(needle), "{body}: {msg}");
+        }
+    }
+
+    #[tokio::test]
     async fn health_answers_and_the_forbidden_service_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let app = router(service(dir.path()));
