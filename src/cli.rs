@@ -265,11 +265,19 @@ pub struct SnapshotArgs {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// List snapshots: id, image, engine, vCPUs, memory, state, size, age.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot ls\n  \
+sudo fireclaw snapshot ls --json")]
     Ls(JsonFlag),
     /// Boot the image once, wait for SSH, and snapshot it (replacing the ready snapshot of the
     /// same image, engine, vCPUs and memory).
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot build --image base\n  \
+sudo fireclaw snapshot build --image agent --vmm qemu --cpus 2 --mem 1024 --force")]
     Build(SnapshotBuildArgs),
     /// Remove a snapshot's files and row.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot rm 0123456789ab")]
     Rm {
         /// The snapshot's id (from `snapshot ls`).
         #[arg(value_name = "ID")]
