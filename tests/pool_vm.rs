@@ -138,9 +138,26 @@ fn a_snapshot_from_another_kernel_or_image_is_refused_by_name_and_rebuilt() {
     assert_eq!(snapshot_dirs(&root), vec![second.row.id.clone()]);
     root.assert_no_leaks(&ns);
 
-    snapshot::remove(&host, &second.row.id).unwrap();
+    // The CLI lists and removes it.
+    let out = root.fireclaw(&ns, &["snapshot", "ls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains(&second.row.id) && listing.contains("ready"),
+        "{listing}"
+    );
+    let out = root.fireclaw(&ns, &["snapshot", "rm", &second.row.id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = root.fireclaw(&ns, &["snapshot", "rm", &second.row.id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no snapshot"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(snapshot_dirs(&root).is_empty());
-    assert!(store::list(&db).unwrap().is_empty());
+    let left = store::list(&host.db().unwrap()).unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn slot_pool(ns: &str, host: &fireclaw::vm::Host, snap: &snapshot::Snapshot) -> SlotPool {
