@@ -126,6 +126,12 @@ sudo systemctl start fireclaw          # as the unit runs it\n  \
 sudo fireclaw runtime --log-level debug\n  \
 sudo systemctl reload fireclaw         # SIGHUP: re-read [pool]")]
     Runtime(RuntimeArgs),
+    /// Base snapshots the warm pool restores from: list, build, remove.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot ls\n  \
+sudo fireclaw snapshot build --image base --vmm qemu\n  \
+sudo fireclaw snapshot rm 0123456789ab")]
+    Snapshot(SnapshotArgs),
     /// List the VMs the runtime knows: id, image, address, state, age, origin, owner.
     #[command(after_help = "Examples:\n  \
 fireclaw ps\n  \
@@ -248,6 +254,66 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", required_unless_present = "keep")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots: id, image, engine, vCPUs, memory, state, size, age.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot ls\n  \
+sudo fireclaw snapshot ls --json")]
+    Ls(JsonFlag),
+    /// Boot the image once, wait for SSH, and snapshot it (replacing the ready snapshot of the
+    /// same image, engine, vCPUs and memory).
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot build --image base\n  \
+sudo fireclaw snapshot build --image agent --vmm qemu --cpus 2 --mem 1024 --force")]
+    Build(SnapshotBuildArgs),
+    /// Remove a snapshot's files and row.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw snapshot rm 0123456789ab")]
+    Rm {
+        /// The snapshot's id (from `snapshot ls`).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotBuildArgs {
+    /// Image name (looked up as <image_dir>/NAME.manifest.json) or a path to a manifest.
+    #[arg(long, default_value = "base", value_name = "NAME")]
+    pub image: String,
+    /// Virtual machine monitor. Default: firecracker when installed, else qemu.
+    #[arg(long, value_parser = clap::builder::EnumValueParser::<VmmArg>::new().map(crate::vmm::VmmKind::from))]
+    pub vmm: Option<crate::vmm::VmmKind>,
+    /// Virtual CPUs (default: pool.vcpus).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(bounds::VCPUS.clap()))]
+    pub cpus: Option<u8>,
+    /// Memory in MiB (default: pool.mem_mib).
+    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u32).range(bounds::MEM_MIB.clap()))]
+    pub mem: Option<u32>,
+    /// Boot this kernel instead of the image's.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Boot with this initramfs.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Give up waiting for the guest after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// Build even when a ready snapshot matches this host.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ fn dispatch(cli: &cli::Cli) -> i32 {
             Command::Config(a) => commands::config::run(&env, a),
             Command::Runtime(a) => commands::runtime::run(&env, a, cli.global.config.as_deref()),
             Command::Ps(a) => commands::ps::run(&env, a),
+            Command::Snapshot(a) => commands::snapshot::run(&env, a),
             Command::Exec(a) => commands::exec::run(&env, a),
             Command::Rm(a) => commands::rm::run(&env, a),
             Command::Logs(a) => commands::logs::run(&env, a),

@@ -64,12 +64,15 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let report = vm::gc(&host, args.all, args.vm.as_deref())?;
+    // Clones' slots name their VM: those of VMs just collected go too.
+    let slots = crate::pool::clone::release_slots_of_gone_vms(&host)?;
     let thin_report = thin_gc(env)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "vms": report,
+                "slots_released": slots,
                 "thin_vm_disks_removed": thin_report.as_ref().map(|r| &r.snapshots),
                 "thin_image_volumes_removed": thin_report.as_ref().map(|r| &r.volumes),
             }))?
@@ -88,6 +91,9 @@ pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
         }
         for id in &report.removed {
             println!("removed VM {id}");
+        }
+        for ns in &slots {
+            println!("released clone slot {ns}");
         }
         for id in &report.kept_running {
             println!("kept VM {id} is running (remove it with `fireclaw gc --vm {id}`)");

@@ -14,6 +14,7 @@ pub mod rm;
 pub mod run;
 pub mod runtime;
 pub mod shell;
+pub mod snapshot;
 pub mod status;
 pub mod uninstall;
 

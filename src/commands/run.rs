@@ -113,7 +113,91 @@ pub fn run(env: &Env, args: &RunArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Some(code) = rt.block_on(through_runtime(env, args)) {
+        return Ok(code);
+    }
     Ok(rt.block_on(run_async(env, args)))
+}
+
+/// When the runtime answers and the run asks for nothing a pooled VM cannot give (its own
+/// kernel, size or engine, `--keep`, `--json`), the runtime serves it: a pooled VM, else a
+/// restore, else its own cold boot. `None`: boot here, as without a runtime.
+async fn through_runtime(env: &Env, args: &RunArgs) -> Option<i32> {
+    use fireclaw_proto::control::{Origin, RunRequest, RunResult};
+    let say = |m: &str| {
+        if env.verbose {
+            eprintln!("fireclaw: {m}");
+        }
+    };
+    let own = [
+        (args.keep, "--keep"),
+        (args.json, "--json"),
+        (args.kernel.is_some(), "--kernel"),
+        (args.initrd.is_some(), "--initrd"),
+        (args.cpus.is_some(), "--cpus"),
+        (args.mem.is_some(), "--mem"),
+        (args.vmm.is_some(), "--vmm"),
+    ];
+    if let Some((_, flag)) = own.iter().find(|(set, _)| *set) {
+        say(&format!("{flag} asks for a VM of its own: booting it here"));
+        return None;
+    }
+    if !env.config.images.recipes.contains(&args.image) {
+        say(&format!(
+            "image {} is not one the runtime pools: booting it here",
+            args.image
+        ));
+        return None;
+    }
+    let client = super::runtime::client(env);
+    if let Err(e) = client.health().await {
+        say(&format!("{e}; booting a VM here (cold)"));
+        return None;
+    }
+    let req = RunRequest {
+        argv: args.command.clone(),
+        image: Some(args.image.clone()),
+        policy: Some(args.policy.as_str().into()),
+        timeout_secs: Some(args.timeout.min(3600)),
+    };
+    let body = serde_json::to_vec(&req).ok()?;
+    let answer = client
+        .json::<RunResult>(hyper::Method::POST, "/v1/run", Some(body))
+        .await;
+    match answer {
+        Ok(r) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(r.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+            let origin = match r.origin {
+                Origin::Pool => "pool",
+                Origin::Restore => "restore",
+                Origin::Cold => "cold",
+            };
+            say(&format!(
+                "VM {} from the runtime (origin {origin}): {} ms to the result{}",
+                r.vm_id,
+                r.elapsed_ms,
+                if r.truncated {
+                    "; output truncated"
+                } else {
+                    ""
+                }
+            ));
+            Some(r.exit_code)
+        }
+        Err(crate::runtime::client::ClientError::Api {
+            status: 504,
+            message,
+        }) => {
+            eprintln!("fireclaw: {message}");
+            Some(EXIT_TIMEOUT)
+        }
+        Err(e) => {
+            eprintln!("fireclaw: the runtime could not run it: {e}");
+            Some(EXIT_FIRECLAW)
+        }
+    }
 }
 
 async fn run_async(env: &Env, args: &RunArgs) -> i32 {
@@ -234,7 +318,7 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
     Ok((host, opts))
 }
 
-fn default_vmm(env: &Env) -> VmmKind {
+pub fn default_vmm(env: &Env) -> VmmKind {
     let fc = env.root.host(&env.config.paths.bin_dir).join("firecracker");
     if fc.exists() {
         VmmKind::Firecracker

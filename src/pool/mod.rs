@@ -5,5 +5,8 @@
 //! on, so a restore on a host where any of it changed is refused with the part that differs;
 //! [`store`] keeps the snapshots' rows.
 
+pub mod clone;
+pub mod snapshot;
 pub mod store;
 pub mod tag;
+pub mod warm;

@@ -28,10 +28,20 @@ pub enum ExecError {
 }
 
 /// A writer that keeps the first `cap` bytes and drops the rest, remembering that it did.
-struct Capped {
-    buf: Vec<u8>,
+pub(crate) struct Capped {
+    pub(crate) buf: Vec<u8>,
     cap: usize,
-    cut: bool,
+    pub(crate) cut: bool,
+}
+
+impl Capped {
+    pub(crate) fn new(cap: usize) -> Capped {
+        Capped {
+            buf: Vec::new(),
+            cap,
+            cut: false,
+        }
+    }
 }
 
 impl AsyncWrite for Capped {

@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +44,16 @@ pub struct Metrics {
     pub pool_ready: Family<ImageLabels, Gauge>,
     pub pool_target: Family<ImageLabels, Gauge>,
     pub uptime: Gauge<f64, AtomicU64>,
+    /// Seconds from a clone's VMM start to its identity refreshed (pool refills and restores).
+    pub restore_seconds: Histogram,
+    /// Seconds to build a base snapshot (cold boot to snapshot written).
+    pub snapshot_build_seconds: Histogram,
+    /// Seconds from a cold boot's start to the guest answering SSH (the pool's last fallback).
+    pub boot_seconds: Histogram,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0].into_iter()
 }
 
 impl Default for Metrics {
@@ -62,6 +73,9 @@ impl Metrics {
             pool_ready: Family::default(),
             pool_target: Family::default(),
             uptime: Gauge::default(),
+            restore_seconds: Histogram::new(latency_buckets()),
+            snapshot_build_seconds: Histogram::new(latency_buckets()),
+            boot_seconds: Histogram::new(latency_buckets()),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -89,6 +103,21 @@ impl Metrics {
                 "fireclaw_pool_target",
                 "Warm VMs wanted per image ([pool] warm_per_image)",
                 m.pool_target.clone(),
+            );
+            r.register(
+                "fireclaw_restore_seconds",
+                "Restoring a clone from its snapshot, VMM start to identity refreshed",
+                m.restore_seconds.clone(),
+            );
+            r.register(
+                "fireclaw_snapshot_build_seconds",
+                "Building a base snapshot, cold boot to snapshot written",
+                m.snapshot_build_seconds.clone(),
+            );
+            r.register(
+                "fireclaw_boot_seconds",
+                "Cold boots (the pool's last fallback), start to SSH answering",
+                m.boot_seconds.clone(),
             );
             r.register(
                 "fireclaw_uptime_seconds",

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
+mod run;
 pub mod server;
 pub mod startup;
 mod vms;
@@ -68,6 +69,8 @@ pub struct Service {
     /// Kept VMs this runtime supervises, by id, with the state it shows for them.
     pub(crate) adopted: Mutex<BTreeMap<String, vms::Adopted>>,
     pub(crate) pool: Arc<dyn pool::WarmPool>,
+    /// The warm pool itself, for hand-outs (`None` in tests that run without one).
+    pub(crate) warm: Option<Arc<crate::pool::warm::Pool>>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) access: access::Access,
     /// Set when the runtime stops: long-lived responses (console follow) end at once.
@@ -89,6 +92,7 @@ impl Service {
             startup: Mutex::new(Vec::new()),
             adopted: Mutex::new(BTreeMap::new()),
             pool: Arc::new(pool::NoPool),
+            warm: None,
             metrics: metrics::Metrics::new(),
             access,
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -98,6 +102,13 @@ impl Service {
     /// The warm pool this service reports and shuts down (the default is [`pool::NoPool`]).
     pub fn with_pool(mut self, pool: Arc<dyn pool::WarmPool>) -> Service {
         self.pool = pool;
+        self
+    }
+
+    /// The warm pool of [`crate::pool::warm`]: reported, resized, stopped and handing out VMs.
+    pub fn with_warm_pool(mut self, warm: Arc<crate::pool::warm::Pool>) -> Service {
+        self.pool = Arc::new(pool::Warm(warm.clone()));
+        self.warm = Some(warm);
         self
     }
 
@@ -149,7 +160,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let access = access::Access::from_system(SOCKET_GROUP)?;
     let socket = socket_path(&opts.root, &opts.config);
     let listener = server::bind(&socket, &access).await?;
-    let service = Arc::new(Service::new(&opts, access));
+    let service = Service::new(&opts, access);
+    let (restore, build) = (
+        service.metrics.restore_seconds.clone(),
+        service.metrics.snapshot_build_seconds.clone(),
+    );
+    let warm = Arc::new(crate::pool::warm::Pool::new(
+        service.host(),
+        move |e| match e {
+            crate::pool::warm::Event::Restored { ms } => restore.observe(ms as f64 / 1000.0),
+            crate::pool::warm::Event::SnapshotBuilt { ms } => build.observe(ms as f64 / 1000.0),
+        },
+    ));
+    let service = Arc::new(service.with_warm_pool(warm.clone()));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "fireclaw runtime starting");
 
     // Put the host back and reconcile the VMs before answering: a `ps` must not list VMs that
@@ -180,6 +203,8 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "ready");
 
     let supervisor = tokio::spawn(vms::supervise(service.clone(), stop_rx.clone()));
+    // After start-up's reconcile: the pool's slots and snapshots are made on a clean host.
+    let refill = tokio::spawn(warm.clone().refill());
 
     let why = loop {
         tokio::select! {
@@ -201,6 +226,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
     let _ = supervisor.await;
     service.pool.shutdown().await;
+    let _ = refill.await;
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -46,3 +46,43 @@ impl WarmPool for NoPool {
         Box::pin(async {})
     }
 }
+
+/// The warm pool of [`crate::pool::warm`], as the runtime reports and stops it.
+pub struct Warm(pub std::sync::Arc<crate::pool::warm::Pool>);
+
+impl WarmPool for Warm {
+    fn status(&self, _config: &Config) -> Vec<PoolStatus> {
+        self.0
+            .status()
+            .into_iter()
+            .map(|s| PoolStatus {
+                image: s.image,
+                target: s.target,
+                ready: s.ready,
+            })
+            .collect()
+    }
+
+    fn resize(&self, config: &Config) {
+        self.0.resize(config);
+    }
+
+    fn origin_of(&self, vm_id: &str) -> Option<Origin> {
+        self.0.pooled(vm_id).map(|pooled| {
+            if pooled {
+                Origin::Pool
+            } else {
+                Origin::Restore
+            }
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        let pool = self.0.clone();
+        Box::pin(async move {
+            if let Err(e) = tokio::task::spawn_blocking(move || pool.shutdown()).await {
+                tracing::warn!("stopping the warm pool: {e}");
+            }
+        })
+    }
+}

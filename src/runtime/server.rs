@@ -144,6 +144,7 @@ pub fn router(service: Svc) -> Router {
         .route("/v1/vms/{id}", delete(remove_vm))
         .route("/v1/vms/{id}/exec", post(exec_vm))
         .route("/v1/vms/{id}/console", get(console))
+        .route("/v1/run", post(run_vm))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             service.clone(),
@@ -356,6 +357,30 @@ async fn exec_vm(
     }
 }
 
+async fn run_vm(
+    State(s): State<Svc>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<proto::RunResult>> {
+    let req: proto::RunRequest = parse_body(body)?;
+    req.check()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    if s.is_stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime is stopping",
+        ));
+    }
+    match super::run::run(&s, &req).await {
+        Ok(r) => Ok(Json(r)),
+        Err(super::run::RunError::BadRequest(m)) => Err(ApiError::new(StatusCode::BAD_REQUEST, m)),
+        Err(super::run::RunError::Timeout(t)) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the VM or the command did not finish within {t} s"),
+        )),
+        Err(super::run::RunError::Failed(m)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, m)),
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsoleQuery {
@@ -561,6 +586,26 @@ mod tests {
             assert_eq!(got.as_u16(), status, "{method} {uri}: {body}");
             let msg = error_of(&body);
             assert!(msg.contains(needle), "{method} {uri}: {msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn run_requests_name_only_configured_images_and_known_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(service(dir.path()));
+        for (body, needle) in [
+            (r#"{"argv": []}"#, "argv is empty"),
+            (r#"{"argv": ["true"], "policy": "open"}"#, "policy \"open\""),
+            (
+                r#"{"argv": ["true"], "image": "/etc/shadow"}"#,
+                "is not one of the runtime's images",
+            ),
+            (r#"{"argv": ["true"], "disk": "/dev/sda"}"#, "unknown field"),
+        ] {
+            let (got, text) = call(&app, "POST", "/v1/run", body.as_bytes().to_vec()).await;
+            assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {text}");
+            let msg = error_of(&text);
+            assert!(msg.contains(needle), "{body}: {msg}");
         }
     }
 

@@ -135,5 +135,17 @@ pub fn reconcile(service: &Service, host: &Host) -> anyhow::Result<Vec<String>> 
         ));
     }
     lines.extend(super::vms::adopt_kept(service, host)?);
+    // Clones of a runtime that died are gone with their rows: so are their slots, and any
+    // snapshot it was half-way through building.
+    let slots = crate::pool::clone::reconcile_slots(host)?;
+    if slots.rows + slots.namespaces + slots.links > 0 {
+        lines.push(format!(
+            "removed {} clone slot row(s), {} namespace(s) and {} veth(s) left behind",
+            slots.rows, slots.namespaces, slots.links
+        ));
+    }
+    for id in crate::pool::snapshot::reconcile(host)? {
+        lines.push(format!("removed half-built snapshot {id}"));
+    }
     Ok(lines)
 }

@@ -140,6 +140,55 @@ fn utc_datetime(secs: u64) -> String {
     )
 }
 
+/// A static x86-64 Linux program, 181 bytes, that issues `ioctl(open("/dev/urandom"),
+/// RNDRESEEDCRNG)` and exits with 0 or the errno. Writing bytes to `/dev/urandom` only mixes them
+/// into the input pool; the CRNG that `getrandom` and `/proc/sys/kernel/random/uuid` draw from
+/// takes them at its next reseed, so two clones keep drawing identical numbers until then. The
+/// ioctl reseeds at once (Linux >= 4.17, CAP_SYS_ADMIN), but nothing in a minimal guest (shell,
+/// coreutils, busybox) can issue it, so the script writes this program and runs it.
+pub fn reseed_program() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: u64 = 64 + 56;
+    let code: [u8; 48] = [
+        0x48, 0x8d, 0x3d, 0x29, 0x00, 0x00, 0x00, // lea rdi, [rip + 41]: the path
+        0xbe, 0x01, 0x00, 0x00, 0x00, // mov esi, O_WRONLY
+        0x31, 0xd2, // xor edx, edx
+        0xb8, 0x02, 0x00, 0x00, 0x00, // mov eax, SYS_open
+        0x0f, 0x05, // syscall
+        0x89, 0xc7, // mov edi, eax (a failed open makes the ioctl fail with EBADF)
+        0xbe, 0x07, 0x52, 0x00, 0x00, // mov esi, RNDRESEEDCRNG = _IO('R', 7)
+        0x31, 0xd2, // xor edx, edx
+        0xb8, 0x10, 0x00, 0x00, 0x00, // mov eax, SYS_ioctl
+        0x0f, 0x05, // syscall
+        0x89, 0xc7, // mov edi, eax
+        0xf7, 0xdf, // neg edi: 0, or the errno
+        0xb8, 0x3c, 0x00, 0x00, 0x00, // mov eax, SYS_exit
+        0x0f, 0x05, // syscall
+    ];
+    let path = b"/dev/urandom\0";
+    let size = HEADERS + code.len() as u64 + path.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&(BASE + HEADERS).to_le_bytes()); // entry: the code
+    elf.extend_from_slice(&64u64.to_le_bytes()); // program headers
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no sections
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 0, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for word in [0, BASE, BASE, size, size, 0x1000u64] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(&code);
+    elf.extend_from_slice(path);
+    elf
+}
+
 /// The script that gives a restored clone its own identity. Every value in it has been
 /// validated to a fixed alphabet, so nothing needs quoting beyond the single quotes used.
 /// It stops at the first failure (`set -eu`), so a non-zero exit says which step broke.
@@ -157,12 +206,24 @@ pub fn refresh_script(id: &CloneIdentity) -> Result<String, IdentityError> {
     let when = utc_datetime(secs);
     let seed = hex::encode(id.seed);
     let (machine_id, hostname) = (id.machine_id, id.hostname);
+    let reseed: String = reseed_program()
+        .iter()
+        .map(|b| format!("\\{b:03o}"))
+        .collect();
     Ok(format!(
         "set -eu\n\
          # The wall clock stopped when the snapshot was taken.\n\
          date -u -s '{when}' >/dev/null\n\
          # Mixed into the input pool, not credited (that needs RNDADDENTROPY).\n\
          printf '%s\\n' '{seed}' >/dev/urandom\n\
+         # The CRNG picks the bytes up only at its next reseed (up to a minute away), so clones\n\
+         # would hand out the same random numbers until then: force the reseed now with\n\
+         # RNDRESEEDCRNG, through a tiny static program (no guest tool issues that ioctl).\n\
+         r=/run/fireclaw-reseed.$$\n\
+         printf '{reseed}' >\"$r\"\n\
+         chmod 700 \"$r\"\n\
+         \"$r\" || {{ rc=$?; rm -f \"$r\"; echo \"reseeding the CRNG failed (errno $rc)\" >&2; exit 1; }}\n\
+         rm -f \"$r\"\n\
          printf '%s\\n' '{machine_id}' >/etc/machine-id.fc-new\n\
          mv -f /etc/machine-id.fc-new /etc/machine-id\n\
          printf '%s\\n' '{hostname}' >/proc/sys/kernel/hostname\n\
@@ -199,6 +260,28 @@ mod tests {
         assert!(s.contains(&format!("'{MID}' >/etc/machine-id.fc-new")));
         assert!(s.contains("'clone-7' >/proc/sys/kernel/hostname"));
         assert!(s.contains("ip neigh flush all"));
+    }
+
+    #[test]
+    fn the_reseed_program_runs_and_reaches_the_ioctl() {
+        let p = reseed_program();
+        assert_eq!(p.len(), 181);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reseed");
+        std::fs::write(&path, &p).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let code = std::process::Command::new(&path).status().unwrap().code();
+        // Root reseeds (0); anyone else gets EPERM (1): either way the ioctl was issued.
+        let expected = if nix::unistd::geteuid().is_root() {
+            0
+        } else {
+            1
+        };
+        assert_eq!(code, Some(expected));
+        // Printed as octal escapes for the script's printf.
+        let s = refresh_script(&identity("c", MID, &[1u8; 32])).unwrap();
+        assert!(s.contains("printf '\\177\\105\\114\\106\\002"), "{s}");
     }
 
     #[test]

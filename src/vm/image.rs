@@ -31,6 +31,9 @@ pub struct ImageSpec {
     pub user: String,
     /// Appended to the kernel command line (the manifest's `kernel_cmdline`).
     pub cmdline_extra: String,
+    /// The root image's sha256 as the builder recorded it (the manifest's `sha256`); snapshots
+    /// are tagged with it.
+    pub sha256: Option<String>,
 }
 
 /// The fields fireclaw reads; the builder writes more, which are ignored here on purpose (the
@@ -46,6 +49,8 @@ struct ManifestView {
     kernel: Option<KernelRef>,
     #[serde(default)]
     kernel_cmdline: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +145,7 @@ pub fn parse(
         host_key,
         user,
         cmdline_extra: m.kernel_cmdline.unwrap_or_default(),
+        sha256: m.sha256.filter(|d| !d.is_empty()),
     };
     for (what, p) in [("root image", &spec.rootfs), ("kernel", &spec.kernel)] {
         if !p.exists() {

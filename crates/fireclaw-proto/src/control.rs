@@ -144,6 +144,53 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
+/// `POST /v1/run`: run `argv` in a fresh VM of `image` (one of the configured images) and throw
+/// the VM away: a pooled one when ready, else one restored from the image's snapshot, else a
+/// cold boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub argv: Vec<String>,
+    /// An image name from the runtime's configuration; the first configured image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `full` (the default; what the pool holds), `local` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Give up after this many seconds (default 60, at most 3600), the VM's start included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+impl RunRequest {
+    /// What is wrong with the request, in words for a 400 answer.
+    pub fn check(&self) -> Result<(), String> {
+        ExecRequest {
+            argv: self.argv.clone(),
+            timeout_secs: self.timeout_secs,
+        }
+        .check()?;
+        match self.policy.as_deref() {
+            None | Some("full") | Some("local") | Some("none") => Ok(()),
+            Some(p) => Err(format!("policy {p:?}: expected full, local or none")),
+        }
+    }
+}
+
+/// The answer to a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunResult {
+    pub vm_id: String,
+    pub origin: Origin,
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+    /// From the request's arrival to the command's end.
+    pub elapsed_ms: u64,
+}
+
 /// One image's warm pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
