@@ -145,6 +145,11 @@ fireclaw rm 0123456789ab")]
 fireclaw logs 0123456789ab\n  \
 fireclaw logs -f 0123456789ab")]
     Logs(LogsArgs),
+    /// Show the audit trail: every command the overseer and the control socket received.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw audit\n  \
+sudo fireclaw audit -n 100 --json | jq '.[] | select(.ok | not)'")]
+    Audit(AuditArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Examples:\n  \
 fireclaw completions bash > /usr/share/bash-completion/completions/fireclaw\n  \
@@ -444,6 +449,16 @@ fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("{e} (examples: info, debug, fireclaw=debug,hyper=warn)"))
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Machine-readable output: the rows as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the newest rows to show.
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub lines: u32,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod client;
 mod exec;
 pub mod logging;
 pub mod metrics;
+pub mod overseer;
 pub mod pool;
 pub mod reload;
 pub mod server;
@@ -180,6 +181,11 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), "ready");
 
     let supervisor = tokio::spawn(vms::supervise(service.clone(), stop_rx.clone()));
+    let svc = service.clone();
+    let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
+        svc.host()
+    })));
+    let overseer = tokio::spawn(overseer::run(service.host(), manager, stop_rx.clone()));
 
     let why = loop {
         tokio::select! {
@@ -200,6 +206,8 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // In-flight requests get a moment to finish; the socket stops accepting at once.
     let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
     let _ = supervisor.await;
+    // The overseer says QUIT; agents stay in the channel.
+    let _ = tokio::time::timeout(Duration::from_secs(5), overseer).await;
     service.pool.shutdown().await;
     match std::fs::remove_file(&socket) {
         Ok(()) => {}

@@ -47,15 +47,18 @@ fn call(method: &'static str, path: &str, body: Body) -> ApiCall {
 
 /// Device ids used in every request (and in snapshot network overrides).
 pub const ROOT_DRIVE: &str = "rootfs";
+/// The second drive's id (an agent's workspace).
+pub const EXTRA_DRIVE: &str = "workspace";
 pub const NET_IFACE: &str = "eth0";
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The cold-boot sequence: boot source, machine, root drive, network, then InstanceStart.
+/// The cold-boot sequence: boot source, machine, root drive (and the extra one), network, then
+/// InstanceStart.
 pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
-    vec![
+    let mut calls = vec![
         call(
             "PUT",
             "/boot-source",
@@ -93,14 +96,31 @@ pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
                 guest_mac: spec.mac.clone(),
             }),
         ),
-        call(
-            "PUT",
-            "/actions",
-            Body::Action(InstanceAction {
-                action_type: ActionType::InstanceStart,
-            }),
-        ),
-    ]
+    ];
+    if let Some(extra) = &spec.extra_disk {
+        // Drives attach in the order they are PUT: after the root drive, this one is /dev/vdb.
+        calls.insert(
+            3,
+            call(
+                "PUT",
+                &format!("/drives/{EXTRA_DRIVE}"),
+                Body::Drive(Drive {
+                    drive_id: EXTRA_DRIVE.into(),
+                    path_on_host: path_string(extra),
+                    is_root_device: false,
+                    is_read_only: false,
+                }),
+            ),
+        );
+    }
+    calls.push(call(
+        "PUT",
+        "/actions",
+        Body::Action(InstanceAction {
+            action_type: ActionType::InstanceStart,
+        }),
+    ));
+    calls
 }
 
 /// The restore sequence: load the snapshot paused onto this VM's tap, point the root drive at
