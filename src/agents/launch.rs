@@ -204,14 +204,17 @@ pub fn reconfigure(host: &Host, vm: &str, row: &AgentRow, tpl: &Template) -> any
     })?
 }
 
-/// SIGTERM to the guest agent (it says QUIT), a moment for it to leave, then the VM goes.
+/// SIGTERM to the guest agent (it says QUIT), a moment for it to leave, the workspace flushed
+/// and unmounted, then the VM goes. (The VMM is killed, not shut down: without the unmount, what
+/// the agent wrote in its last seconds — `MEMORY.md` — would still sit in the guest's cache.)
 pub fn stop(host: &Host, vm: &str) -> anyhow::Result<()> {
     // The guest may be dead already; its VM goes all the same.
     if let Err(e) = exec(
         host,
         vm,
         "pkill -TERM -x fireclaw-guest; for i in 1 2 3 4 5 6 7 8 9 10; do \
-         pgrep -x fireclaw-guest >/dev/null || exit 0; sleep 0.3; done",
+         pgrep -x fireclaw-guest >/dev/null || break; sleep 0.3; done; \
+         sync; umount /workspace 2>/dev/null || mount -o remount,ro /workspace; sync",
     ) {
         tracing::info!(vm, "agents: the guest agent did not take SIGTERM: {e:#}");
     }

@@ -35,7 +35,8 @@ impl Manager {
         (self.host)()
     }
 
-    fn hold(&self, vm: KeptMachine) -> String {
+    /// Holds a VM this runtime started (to reap it); returns its id.
+    pub fn hold(&self, vm: KeptMachine) -> String {
         let id = vm.id.clone();
         if let Ok(mut c) = self.children.lock() {
             c.insert(id.clone(), vm);

@@ -48,12 +48,14 @@ struct Job {
     text: String,
 }
 
-/// Runs until `stop` turns true; then sends QUIT and returns.
+/// Runs until `stop` turns true; then sends QUIT and returns. `announce` carries what the
+/// runtime says unasked (an agent died, was restarted); it is sent while connected.
 pub async fn run<O>(
     conn: Connection,
     overseer: Overseer,
     ops: Arc<O>,
     audit: Arc<dyn Audit>,
+    mut announce: mpsc::Receiver<Reply>,
     mut stop: watch::Receiver<bool>,
 ) where
     O: AgentOps + Send + Sync + 'static,
@@ -64,7 +66,15 @@ pub async fn run<O>(
     let mut backoff = BACKOFF_MIN;
     loop {
         let (reason, welcomed) =
-            session(&conn, &job_tx, &mut out_rx, audit.as_ref(), &mut stop).await;
+            session(
+                &conn,
+                &job_tx,
+                &mut out_rx,
+                &mut announce,
+                audit.as_ref(),
+                &mut stop,
+            )
+            .await;
         if *stop.borrow() {
             break;
         }
@@ -105,6 +115,7 @@ async fn session(
     conn: &Connection,
     jobs: &mpsc::Sender<Job>,
     out: &mut mpsc::Receiver<Reply>,
+    announce: &mut mpsc::Receiver<Reply>,
     audit: &dyn Audit,
     stop: &mut watch::Receiver<bool>,
 ) -> (String, bool) {
@@ -192,6 +203,7 @@ async fn session(
                 }
             }
             Some(reply) = out.recv() => send_reply(&client, &reply),
+            Some(news) = announce.recv(), if welcomed => send_reply(&client, &news),
             _ = stop.changed() => {
                 let _ = client.send_quit("fireclaw runtime stopping; agents keep running");
                 return ("stopping".into(), welcomed);

@@ -185,7 +185,19 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
         svc.host()
     })));
-    let overseer = tokio::spawn(overseer::run(service.host(), manager, stop_rx.clone()));
+    let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(64);
+    let checker = crate::agents::health::Checker::new(
+        manager.clone(),
+        announce_tx,
+        overseer::rules(&service.host()).control_channel,
+    );
+    let health = tokio::spawn(checker.run(stop_rx.clone()));
+    let overseer = tokio::spawn(overseer::run(
+        service.host(),
+        manager,
+        announce_rx,
+        stop_rx.clone(),
+    ));
 
     let why = loop {
         tokio::select! {
@@ -206,6 +218,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // In-flight requests get a moment to finish; the socket stops accepting at once.
     let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
     let _ = supervisor.await;
+    let _ = health.await;
     // The overseer says QUIT; agents stay in the channel.
     let _ = tokio::time::timeout(Duration::from_secs(5), overseer).await;
     service.pool.shutdown().await;

@@ -4,13 +4,13 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::agents::manager::Manager;
 use crate::agents::store::{self, Source};
 use crate::irc::client::{self, Audit, Connection};
 use crate::irc::ngircd::OPERATOR_PASSWORD_FILE;
-use crate::irc::overseer::{Overseer, Sender};
+use crate::irc::overseer::{Overseer, Reply, Sender};
 use crate::vm::Host;
 
 /// Lines an answer may take in `#control` before it goes by DM.
@@ -90,10 +90,23 @@ pub fn rules(host: &Host) -> Overseer {
     }
 }
 
-/// Runs the overseer until `stop`.
-pub async fn run(host: Host, manager: Arc<Manager>, stop: watch::Receiver<bool>) {
+/// Runs the overseer until `stop`; `announce` carries the health checker's news.
+pub async fn run(
+    host: Host,
+    manager: Arc<Manager>,
+    announce: mpsc::Receiver<Reply>,
+    stop: watch::Receiver<bool>,
+) {
     let audit = Arc::new(DbAudit {
         db_path: host.db_path.clone(),
     });
-    client::run(connection(&host), rules(&host), manager, audit, stop).await;
+    client::run(
+        connection(&host),
+        rules(&host),
+        manager,
+        audit,
+        announce,
+        stop,
+    )
+    .await;
 }
