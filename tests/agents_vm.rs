@@ -33,7 +33,10 @@ fn install_image(root: &Path, manifest: &Path, guest: &Path) -> String {
     let name = m["name"].as_str().expect("manifest name").to_string();
     let images = root.join("var/lib/fireclaw/images");
     std::fs::create_dir_all(&images).unwrap();
-    let source = manifest.parent().unwrap().join(m["image"].as_str().unwrap());
+    let source = manifest
+        .parent()
+        .unwrap()
+        .join(m["image"].as_str().unwrap());
     let copy = images.join(format!("{name}.ext4"));
     sh_ok(&format!(
         "cp --sparse=always --reflink=auto {} {}",
@@ -51,7 +54,11 @@ fn install_image(root: &Path, manifest: &Path, guest: &Path) -> String {
         ),
     )
     .unwrap();
-    sh_ok(&format!("debugfs -w -f {} {}", cmds.display(), copy.display()));
+    sh_ok(&format!(
+        "debugfs -w -f {} {}",
+        cmds.display(),
+        copy.display()
+    ));
     m["image"] = json!(copy.file_name().unwrap().to_str().unwrap());
     std::fs::write(
         images.join(format!("{name}.manifest.json")),
@@ -189,16 +196,19 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     let server = Ngircd::start(&conf, &ns.name, "127.0.0.1:6667".parse().unwrap()).unwrap();
 
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name])
-        .arg(env!("CARGO_BIN_EXE_fireclaw"))
-        .arg("--root")
-        .arg(root.path())
-        .arg("--config")
-        .arg(&config)
-        .arg("runtime");
+    let runtime = || {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .arg(env!("CARGO_BIN_EXE_fireclaw"))
+            .arg("--root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("runtime");
+        cmd
+    };
     let rt_files = tempfile::tempdir().unwrap();
-    let rt = Runtime::start(cmd, rt_files.path());
+    let rt = Runtime::start(runtime(), rt_files.path());
     rt.wait_log("overseer: registered");
 
     let mut alice = IrcClient::register(server.connect().unwrap(), "alice").unwrap();
@@ -213,7 +223,11 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let up = alice
         .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
         .unwrap_or_else(|| panic!("no answer to !invoke:\n{}", rt.log_text()));
-    assert!(up.text().contains("coder is up"), "{up:?}\n{}", rt.log_text());
+    assert!(
+        up.text().contains("coder is up"),
+        "{up:?}\n{}",
+        rt.log_text()
+    );
     let vm = up
         .text()
         .split("VM ")
@@ -234,11 +248,26 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
             "{}{}\nconsole:\n{}",
             text(&out.stdout),
             text(&out.stderr),
-            text(&logs.stdout).lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            text(&logs.stdout)
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     };
-    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
-        .unwrap_or_else(|| panic!("coder never joined #agents:\n{}\n{}", rt.log_text(), diag(&vm)));
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder")).unwrap_or_else(
+        || {
+            panic!(
+                "coder never joined #agents:\n{}\n{}",
+                rt.log_text(),
+                diag(&vm)
+            )
+        },
+    );
     let join_time = invoked.elapsed();
 
     // Asked its kernel, it runs `uname -a` in the VM as `agent` and answers with the result.
@@ -281,7 +310,9 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         json!({"text": "The secret word is marmalade-42."}),
     ));
     ollama.push(Reply::text("Saved."));
-    alice.say("#agents", "coder: remember the secret word").unwrap();
+    alice
+        .say("#agents", "coder: remember the secret word")
+        .unwrap();
     let saved = alice
         .wait_for(Duration::from_secs(120), said_by("coder", "#agents"))
         .expect("coder confirms");
@@ -292,7 +323,10 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         .expect("destroy answered");
     assert!(gone.text().contains("workspace kept"), "{gone:?}");
     assert!(
-        alice.seen.iter().any(|l| l.command == "QUIT" && l.nick() == Some("coder")),
+        alice
+            .seen
+            .iter()
+            .any(|l| l.command == "QUIT" && l.nick() == Some("coder")),
         "coder left without QUIT: {:?}",
         alice.seen.iter().rev().take(5).collect::<Vec<_>>()
     );
@@ -302,12 +336,18 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let up = alice
         .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
         .expect("second invoke answered");
-    assert!(up.text().contains("coder is up"), "{up:?}\n{}", rt.log_text());
+    assert!(
+        up.text().contains("coder is up"),
+        "{up:?}\n{}",
+        rt.log_text()
+    );
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
         .expect("coder joins again");
     let before = ollama.chat_requests().len();
     ollama.push(Reply::text("marmalade-42"));
-    alice.say("#agents", "coder: what is the secret word?").unwrap();
+    alice
+        .say("#agents", "coder: what is the secret word?")
+        .unwrap();
     let chats = ollama.wait_chats(before + 1, Duration::from_secs(120));
     let request = chats.last().expect("a chat request").to_string();
     assert!(
@@ -387,17 +427,43 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let status = ask(&mut alice, "!status coder");
     assert!(status.contains("1 restarts"), "{status}");
 
-    alice.say("#control", "!destroy coder --purge").unwrap();
-    let gone = alice
-        .wait_for(Duration::from_secs(120), said_by("overseer", "#control"))
-        .expect("destroy answered");
-    assert!(gone.text().contains("workspace purged"), "{gone:?}");
+    // The runtime stops and starts again: the agent VM is re-adopted, not restarted, and the
+    // agent never leaves #agents.
+    let mark = alice.seen.len();
+    let (exit, log) = rt.stop();
+    assert!(exit.success(), "{log}");
+    let rt = Runtime::start(runtime(), rt_files.path());
+    rt.wait_log("overseer: registered");
+    rt.wait_log("re-adopted kept VM");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = ask(&mut alice, "!status coder");
+    assert!(
+        again.contains("running") && again.contains("1 restarts"),
+        "{again}"
+    );
+    assert_eq!(
+        again.split("VM ").nth(1).map(|s| s.split(',').next()),
+        status.split("VM ").nth(1).map(|s| s.split(',').next()),
+        "the agent VM changed over the runtime's restart"
+    );
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.nick() == Some("coder") && matches!(l.command.as_str(), "QUIT" | "PART")),
+        "coder left over the runtime's restart"
+    );
+
+    let gone = ask(&mut alice, "!destroy coder --purge");
+    assert!(gone.contains("workspace purged"), "{gone}");
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");
     drop(server);
     root.assert_no_leaks(&ns);
     assert!(
-        !root.path().join("var/lib/fireclaw/workspaces/coder.ext4").exists(),
+        !root
+            .path()
+            .join("var/lib/fireclaw/workspaces/coder.ext4")
+            .exists(),
         "purged workspace still there"
     );
 }

@@ -16,6 +16,7 @@ use crate::agents::manager::Manager;
 use crate::agents::store::{self, AgentRow, AgentState};
 use crate::agents::template::{RestartPolicy, Templates};
 use crate::agents::{launch, workspace};
+use crate::irc::client::News;
 use crate::irc::overseer::{Reply, Target};
 use crate::vm::Host;
 
@@ -40,7 +41,7 @@ struct Track {
 
 pub struct Checker {
     manager: Arc<Manager>,
-    announce: mpsc::Sender<Reply>,
+    announce: mpsc::Sender<News>,
     control: String,
     track: HashMap<String, Track>,
     seen: (HashSet<String>, VecDeque<String>),
@@ -54,7 +55,7 @@ enum Finding {
 }
 
 impl Checker {
-    pub fn new(manager: Arc<Manager>, announce: mpsc::Sender<Reply>, control: String) -> Checker {
+    pub fn new(manager: Arc<Manager>, announce: mpsc::Sender<News>, control: String) -> Checker {
         Checker {
             manager,
             announce,
@@ -80,10 +81,10 @@ impl Checker {
         tracing::info!("agents: {line}");
         let _ = self
             .announce
-            .send(Reply {
+            .send(News::Say(Reply {
                 to: Target::Channel(self.control.clone()),
                 lines: vec![line],
-            })
+            }))
             .await;
     }
 
@@ -115,7 +116,9 @@ impl Checker {
                 }
                 continue;
             }
-            let Some(vm) = row.vm_id.clone() else { continue };
+            let Some(vm) = row.vm_id.clone() else {
+                continue;
+            };
             let finding = self.probe(&host, &vm).await;
             match finding {
                 Finding::Healthy(records) => {
@@ -131,7 +134,13 @@ impl Checker {
                     t.misses += 1;
                     tracing::info!(agent = %row.name, "agents: health probe missed ({}/{MISSES}): {why}", t.misses);
                     if t.misses >= MISSES {
-                        self.died(&host, &row, &vm, format!("its guest agent stopped answering ({why})")).await;
+                        self.died(
+                            &host,
+                            &row,
+                            &vm,
+                            format!("its guest agent stopped answering ({why})"),
+                        )
+                        .await;
                     }
                 }
                 Finding::Dead(why) => self.died(&host, &row, &vm, why).await,
@@ -145,11 +154,7 @@ impl Checker {
             if let Some(why) = m.vmm_exited(&h, &id) {
                 return Finding::Dead(why);
             }
-            match launch::exec(
-                &h,
-                &id,
-                "fireclaw-guest health && fireclaw-guest usage --drain --config /etc/fireclaw/agent.toml",
-            ) {
+            match launch::exec(&h, &id, &format!("fireclaw-guest health && {DRAIN}")) {
                 Ok((0, out)) => Finding::Healthy(parse_drain(&out)),
                 Ok((code, out)) => Finding::Missed(format!(
                     "exit {code}: {}",
@@ -185,24 +190,7 @@ impl Checker {
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let db = h.db()?;
             for r in fresh {
-                store::add_usage(
-                    &db,
-                    &agent,
-                    &store::Usage {
-                        at: i64::try_from(r.at_unix_ms / 1000).unwrap_or(i64::MAX),
-                        model: r.model,
-                        duration_ms: r.duration_ms,
-                        prompt_tokens: r.prompt_eval_count,
-                        eval_tokens: r.eval_count,
-                        channel: None,
-                        asker: None,
-                        summary: Some(format!(
-                            "{} request(s){}",
-                            r.requests,
-                            if r.ok { "" } else { ", ended in an error" }
-                        )),
-                    },
-                )?;
+                store::add_usage(&db, &agent, &usage_row(r))?;
             }
             Ok(())
         })
@@ -227,6 +215,14 @@ impl Checker {
         .await;
         let (h, id) = (host.clone(), vm.to_string());
         let _ = tokio::task::spawn_blocking(move || crate::vm::gc(&h, false, Some(&id))).await;
+        // Its connection died with the VM, but ngircd holds the nick until a ping timeout.
+        let _ = self
+            .announce
+            .send(News::Kill {
+                nick: row.name.clone(),
+                reason: "its VM died; fireclaw restarts it".into(),
+            })
+            .await;
         let templates = Templates::load(&[&Manager::templates_dir(host)]);
         let restart = templates
             .as_ref()
@@ -270,7 +266,8 @@ impl Checker {
             }
             None => {
                 let wait = t_wait(self.track.get(&row.name));
-                self.say(format!("{} restarts in {wait} s.", row.name)).await;
+                self.say(format!("{} restarts in {wait} s.", row.name))
+                    .await;
             }
         }
     }
@@ -336,6 +333,27 @@ fn t_wait(t: Option<&Track>) -> u64 {
     t.and_then(|t| t.not_before)
         .map(|nb| nb.saturating_duration_since(Instant::now()).as_secs())
         .unwrap_or(0)
+}
+
+/// The command that empties a guest's usage spool onto stdout.
+pub const DRAIN: &str = "fireclaw-guest usage --drain --config /etc/fireclaw/agent.toml";
+
+/// A guest's record as the `usage` table keeps it.
+pub fn usage_row(r: UsageRecord) -> store::Usage {
+    store::Usage {
+        at: i64::try_from(r.at_unix_ms / 1000).unwrap_or(i64::MAX),
+        model: r.model,
+        duration_ms: r.duration_ms,
+        prompt_tokens: r.prompt_eval_count,
+        eval_tokens: r.eval_count,
+        channel: None,
+        asker: None,
+        summary: Some(format!(
+            "{} request(s){}",
+            r.requests,
+            if r.ok { "" } else { ", ended in an error" }
+        )),
+    }
 }
 
 /// `fireclaw-guest health` then `usage --drain`: the health line, then one record per line.

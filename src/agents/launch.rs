@@ -24,6 +24,8 @@ use crate::vmm::{Boot, VmmKind};
 pub const CONFIG_PATH: &str = "/etc/fireclaw/agent.toml";
 /// How long a cold boot may take to answer SSH (TCG emulation in CI is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The unprivileged user the image's init runs the guest agent as.
+const USER: &str = "agent";
 /// How long one SSH command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -135,13 +137,24 @@ pub fn start(host: &Host, row: &AgentRow, tpl: &Template) -> anyhow::Result<Kept
 }
 
 /// Writes agent.toml atomically (root's, readable by the agent) and tells a running guest agent
-/// to re-read it; a guest agent waiting to be restarted by init reads it when it starts.
+/// to re-read it; a guest agent waiting to be restarted by init reads it when it starts. The
+/// usage spool's directory is made for the agent's user when the image has none (else usage
+/// would be lost). Signals go to the agent user's process only: the host's own `fireclaw-guest
+/// health` and `usage --drain` run as root under the same name.
 async fn write_config(session: &ssh::Session, config: &AgentConfig) -> anyhow::Result<()> {
     let text = toml::to_string(config).context("serializing agent.toml")?;
+    let spool_dir = config
+        .usage_spool
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/var/lib/fireclaw-guest".into());
     let script = format!(
         "set -e; umask 022; mkdir -p /etc/fireclaw; printf '%s' {} > {CONFIG_PATH}.new; \
-         mv {CONFIG_PATH}.new {CONFIG_PATH}; pkill -HUP -x fireclaw-guest || true",
-        ssh::shell_join(&[text])
+         mv {CONFIG_PATH}.new {CONFIG_PATH}; \
+         [ -d {spool} ] || install -d -o {USER} -g {USER} -m 0700 {spool}; \
+         pkill -HUP -u {USER} -x fireclaw-guest || true",
+        ssh::shell_join(&[text]),
+        spool = ssh::shell_join(&[spool_dir]),
     );
     let (code, out) = run(session, &script).await?;
     if code != 0 {
@@ -212,8 +225,8 @@ pub fn stop(host: &Host, vm: &str) -> anyhow::Result<()> {
     if let Err(e) = exec(
         host,
         vm,
-        "pkill -TERM -x fireclaw-guest; for i in 1 2 3 4 5 6 7 8 9 10; do \
-         pgrep -x fireclaw-guest >/dev/null || break; sleep 0.3; done; \
+        "pkill -TERM -u agent -x fireclaw-guest; for i in 1 2 3 4 5 6 7 8 9 10; do \
+         pgrep -u agent -x fireclaw-guest >/dev/null || break; sleep 0.3; done; \
          sync; umount /workspace 2>/dev/null || mount -o remount,ro /workspace; sync",
     ) {
         tracing::info!(vm, "agents: the guest agent did not take SIGTERM: {e:#}");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::agents::{launch, store, template::Templates, workspace};
+use crate::agents::{health, launch, store, template::Templates, workspace};
 use crate::irc::command::{is_agent_name, is_model_name};
 use crate::irc::overseer::{AgentOps, Answer};
 use crate::vm::{Host, KeptMachine};
@@ -125,6 +125,44 @@ pub fn check_new_name(host: &Host, db: &crate::state::Db, name: &str) -> Result<
     Ok(())
 }
 
+impl Manager {
+    /// Pushes the agent's configuration again (with a new model, if given) and sends SIGHUP:
+    /// `!model` and `fireclaw agent reload`. The agent stays on IRC.
+    pub async fn reload(&self, name: &str, model: Option<&str>) -> Answer {
+        if model.is_some_and(|m| !is_model_name(m)) {
+            return Err("That is not a model name Ollama would know.".into());
+        }
+        let (name, model) = (name.to_string(), model.map(str::to_string));
+        self.blocking(move |host, db| {
+            let row = store::get(db, &name)
+                .map_err(db_err)?
+                .ok_or_else(|| no_agent(&name))?;
+            if let Some(m) = &model {
+                store::set_model(db, &row.name, m).map_err(db_err)?;
+            }
+            let row = store::get(db, &row.name)
+                .map_err(db_err)?
+                .ok_or_else(|| no_agent(&name))?;
+            if let Some(vm) = &row.vm_id {
+                let templates = Templates::load(&[&Manager::templates_dir(host)])
+                    .map_err(|e| format!("The templates cannot be read: {e}"))?;
+                let tpl = templates.get(&row.template).map_err(|e| e.to_string())?;
+                launch::reconfigure(host, vm, &row, tpl).map_err(|e| {
+                    format!(
+                        "{} is set to {}, but the running agent did not take it: {e:#}",
+                        row.name, row.model
+                    )
+                })?;
+            }
+            Ok(vec![match &model {
+                Some(m) => format!("{} now thinks with {m}.", row.name),
+                None => format!("{} reloaded its configuration.", row.name),
+            }])
+        })
+        .await
+    }
+}
+
 impl AgentOps for Manager {
     async fn invoke(&self, template: &str, name: Option<&str>, model: Option<&str>) -> Answer {
         let template = template.to_string();
@@ -204,6 +242,14 @@ impl AgentOps for Manager {
                 .ok_or_else(|| no_agent(&name))?;
             let mut notes = Vec::new();
             if let Some(vm) = &row.vm_id {
+                // What it did since the last health round counts too.
+                if let Ok((0, out)) = launch::exec(host, vm, health::DRAIN) {
+                    for r in health::parse_drain(&out) {
+                        if let Err(e) = store::add_usage(db, &row.name, &health::usage_row(r)) {
+                            tracing::warn!("agents: storing usage of {}: {e}", row.name);
+                        }
+                    }
+                }
                 if let Err(e) = launch::stop(host, vm) {
                     notes.push(format!("stopping its VM: {e:#}"));
                 }
@@ -264,29 +310,7 @@ impl AgentOps for Manager {
     }
 
     async fn set_model(&self, name: &str, model: &str) -> Answer {
-        let (name, model) = (name.to_string(), model.to_string());
-        self.blocking(move |host, db| {
-            let row = store::get(db, &name)
-                .map_err(db_err)?
-                .ok_or_else(|| no_agent(&name))?;
-            store::set_model(db, &row.name, &model).map_err(db_err)?;
-            let row = store::get(db, &row.name)
-                .map_err(db_err)?
-                .ok_or_else(|| no_agent(&name))?;
-            if let Some(vm) = &row.vm_id {
-                let templates = Templates::load(&[&Manager::templates_dir(host)])
-                    .map_err(|e| format!("The templates cannot be read: {e}"))?;
-                let tpl = templates.get(&row.template).map_err(|e| e.to_string())?;
-                launch::reconfigure(host, vm, &row, tpl).map_err(|e| {
-                    format!(
-                        "{} now uses {model}, but the running agent did not take it: {e:#}",
-                        row.name
-                    )
-                })?;
-            }
-            Ok(vec![format!("{} now thinks with {model}.", row.name)])
-        })
-        .await
+        self.reload(name, Some(model)).await
     }
 
     async fn models(&self) -> Answer {
@@ -370,14 +394,16 @@ impl AgentOps for Manager {
                 .iter()
                 .map(|u| {
                     format!(
-                        "{} {} in {}: {} ({} ms, {}+{} tokens)",
-                        u.asker.as_deref().unwrap_or("?"),
+                        "{} {}: {:.1} s, {} prompt + {} eval tokens{}",
+                        crate::agents::store::format_utc(u.at),
                         u.model,
-                        u.channel.as_deref().unwrap_or("DM"),
-                        u.summary.as_deref().unwrap_or(""),
-                        u.duration_ms,
+                        u.duration_ms as f64 / 1000.0,
                         u.prompt_tokens,
-                        u.eval_tokens
+                        u.eval_tokens,
+                        u.summary
+                            .as_deref()
+                            .map(|s| format!(", {s}"))
+                            .unwrap_or_default()
                     )
                 })
                 .collect())

@@ -1,5 +1,6 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
+pub mod agent;
 pub mod audit;
 pub mod completions;
 pub mod config;

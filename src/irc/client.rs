@@ -41,6 +41,18 @@ pub trait Audit: Send + Sync + 'static {
     fn record(&self, who: &Sender, command: &str, ok: bool, result: &str);
 }
 
+/// What the runtime says or does on IRC unasked.
+#[derive(Debug, Clone)]
+pub enum News {
+    Say(Reply),
+    /// Disconnect a nick (IRC operator rights needed): the ghost of an agent whose VM died holds
+    /// its nick until ngircd's ping timeout, and the restarted agent needs it back.
+    Kill {
+        nick: String,
+        reason: String,
+    },
+}
+
 /// A command for the worker.
 struct Job {
     who: Sender,
@@ -55,7 +67,7 @@ pub async fn run<O>(
     overseer: Overseer,
     ops: Arc<O>,
     audit: Arc<dyn Audit>,
-    mut announce: mpsc::Receiver<Reply>,
+    mut announce: mpsc::Receiver<News>,
     mut stop: watch::Receiver<bool>,
 ) where
     O: AgentOps + Send + Sync + 'static,
@@ -65,16 +77,15 @@ pub async fn run<O>(
     let worker = tokio::spawn(worker(overseer, ops, audit.clone(), job_rx, out_tx));
     let mut backoff = BACKOFF_MIN;
     loop {
-        let (reason, welcomed) =
-            session(
-                &conn,
-                &job_tx,
-                &mut out_rx,
-                &mut announce,
-                audit.as_ref(),
-                &mut stop,
-            )
-            .await;
+        let (reason, welcomed) = session(
+            &conn,
+            &job_tx,
+            &mut out_rx,
+            &mut announce,
+            audit.as_ref(),
+            &mut stop,
+        )
+        .await;
         if *stop.borrow() {
             break;
         }
@@ -115,7 +126,7 @@ async fn session(
     conn: &Connection,
     jobs: &mpsc::Sender<Job>,
     out: &mut mpsc::Receiver<Reply>,
-    announce: &mut mpsc::Receiver<Reply>,
+    announce: &mut mpsc::Receiver<News>,
     audit: &dyn Audit,
     stop: &mut watch::Receiver<bool>,
 ) -> (String, bool) {
@@ -203,7 +214,12 @@ async fn session(
                 }
             }
             Some(reply) = out.recv() => send_reply(&client, &reply),
-            Some(news) = announce.recv(), if welcomed => send_reply(&client, &news),
+            Some(news) = announce.recv(), if welcomed => match news {
+                News::Say(reply) => send_reply(&client, &reply),
+                News::Kill { nick, reason } => {
+                    let _ = client.send(IrcCommand::KILL(nick, reason));
+                }
+            },
             _ = stop.changed() => {
                 let _ = client.send_quit("fireclaw runtime stopping; agents keep running");
                 return ("stopping".into(), welcomed);

@@ -71,6 +71,8 @@ pub struct Service {
     pub(crate) pool: Arc<dyn pool::WarmPool>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) access: access::Access,
+    /// The agent manager (set once the service runs), shared by the overseer and the socket.
+    pub(crate) agents: std::sync::OnceLock<Arc<crate::agents::manager::Manager>>,
     /// Set when the runtime stops: long-lived responses (console follow) end at once.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
@@ -92,6 +94,7 @@ impl Service {
             pool: Arc::new(pool::NoPool),
             metrics: metrics::Metrics::new(),
             access,
+            agents: std::sync::OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -185,6 +188,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
         svc.host()
     })));
+    let _ = service.agents.set(manager.clone());
     let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(64);
     let checker = crate::agents::health::Checker::new(
         manager.clone(),

@@ -10,7 +10,7 @@ use crate::agents::manager::Manager;
 use crate::agents::store::{self, Source};
 use crate::irc::client::{self, Audit, Connection};
 use crate::irc::ngircd::OPERATOR_PASSWORD_FILE;
-use crate::irc::overseer::{Overseer, Reply, Sender};
+use crate::irc::overseer::{Overseer, Sender};
 use crate::vm::Host;
 
 /// Lines an answer may take in `#control` before it goes by DM.
@@ -94,7 +94,7 @@ pub fn rules(host: &Host) -> Overseer {
 pub async fn run(
     host: Host,
     manager: Arc<Manager>,
-    announce: mpsc::Receiver<Reply>,
+    announce: mpsc::Receiver<client::News>,
     stop: watch::Receiver<bool>,
 ) {
     let audit = Arc::new(DbAudit {
