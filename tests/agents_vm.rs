@@ -414,6 +414,10 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     })
     .unwrap_or_else(|| panic!("no death notice:\n{}", rt.log_text()));
     eprintln!("death notice: {}", died.text());
+    assert!(
+        died.text().contains("Console: "),
+        "the notice quotes no console lines: {died:?}"
+    );
     seen_or_wait(&mut alice, mark, Duration::from_secs(400), |l| {
         l.is_privmsg("overseer", "#control") && l.text().starts_with("coder restarted")
     })

@@ -25,8 +25,6 @@ use crate::vm::Host;
 const MISSES: u32 = 3;
 /// The longest wait between restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Console lines quoted in a death notice.
-const CONSOLE_LINES: usize = 3;
 /// Usage record ids remembered to drop a record a failed drain printed twice.
 const SEEN_IDS: usize = 4096;
 
@@ -202,7 +200,11 @@ impl Checker {
 
     /// Announces a death, removes the dead VM and restarts or gives up per the template.
     async fn died(&mut self, host: &Host, row: &AgentRow, vm: &str, why: String) {
-        let console = console_tail(host, vm, CONSOLE_LINES);
+        let console = if vm.is_empty() {
+            Vec::new()
+        } else {
+            self.manager.console(host, vm)
+        };
         self.say(format!(
             "Agent {} died: {why}.{}",
             row.name,
@@ -362,26 +364,6 @@ pub fn parse_drain(out: &str) -> Vec<UsageRecord> {
     out.lines()
         .filter_map(|l| serde_json::from_str::<UsageRecord>(l.trim()).ok())
         .collect()
-}
-
-/// The last `n` non-empty lines of a VM's console, printable only.
-fn console_tail(host: &Host, vm: &str, n: usize) -> Vec<String> {
-    if vm.is_empty() {
-        return Vec::new();
-    }
-    let path = host.run_dir(vm).join("console.log");
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|l| fireclaw_proto::text::sanitize_line(l).trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    let keep = lines.len().saturating_sub(n);
-    lines.drain(..keep);
-    lines
 }
 
 #[cfg(test)]

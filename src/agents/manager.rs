@@ -20,13 +20,43 @@ pub struct Manager {
     /// The VMMs this runtime started, by VM id: it reaps them when they exit. (VMs re-adopted
     /// after a restart are not its children; their liveness is read from /proc.)
     children: Arc<Mutex<HashMap<String, KeptMachine>>>,
+    /// The last console lines of VMs torn down before the health check looked (bounded).
+    consoles: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
+
+/// Console tails remembered at most.
+const CONSOLES: usize = 64;
+/// Lines of a console tail.
+const CONSOLE_LINES: usize = 3;
 
 impl Manager {
     pub fn new(host: HostFn) -> Manager {
         Manager {
             host,
             children: Arc::new(Mutex::new(HashMap::new())),
+            consoles: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Remembers the end of a dying VM's console before its run dir is removed.
+    pub fn note_console(&self, vm: &str, path: &std::path::Path) {
+        let lines = console_tail(path, CONSOLE_LINES);
+        if let Ok(mut c) = self.consoles.lock() {
+            if c.len() >= CONSOLES {
+                c.clear();
+            }
+            c.insert(vm.to_string(), lines);
+        }
+    }
+
+    /// The last console lines of VM `vm`: from its run dir, else as noted when it was torn down.
+    pub fn console(&self, host: &Host, vm: &str) -> Vec<String> {
+        let noted = self.consoles.lock().ok().and_then(|mut c| c.remove(vm));
+        let live = console_tail(&host.run_dir(vm).join("console.log"), CONSOLE_LINES);
+        if live.is_empty() {
+            noted.unwrap_or_default()
+        } else {
+            live
         }
     }
 
@@ -443,4 +473,20 @@ fn ollama_models(url: &str) -> Answer {
         ]);
     }
     Ok(tags.models.into_iter().map(|t| t.name).collect())
+}
+
+/// The last `n` non-empty lines of a console log, printable only.
+fn console_tail(path: &std::path::Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| fireclaw_proto::text::sanitize_line(l).trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let keep = lines.len().saturating_sub(n);
+    lines.drain(..keep);
+    lines
 }
