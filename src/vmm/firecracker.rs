@@ -517,3 +517,43 @@ impl Drop for FirecrackerInstance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: Option<&str>) -> VmSpec {
+        VmSpec {
+            id: "0123456789ab".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            root_disk: "/d/root.img".into(),
+            extra_disk: extra.map(Into::into),
+            tap: "fc-0123456789ab".into(),
+            mac: "02:fc:ac:10:00:02".into(),
+            run_dir: "/run/fireclaw/vms/0123456789ab".into(),
+            boot: Boot::Kernel,
+        }
+    }
+
+    /// The workspace drive is PUT right after the root drive (so it is /dev/vdb), read-write, and
+    /// only when there is one; InstanceStart stays last.
+    #[test]
+    fn an_extra_disk_is_the_second_drive() {
+        let paths = |calls: &[ApiCall]| calls.iter().map(|c| c.path.clone()).collect::<Vec<_>>();
+        let plain = boot_calls(&spec(None));
+        assert!(!paths(&plain).iter().any(|p| p.contains(EXTRA_DRIVE)));
+        let calls = boot_calls(&spec(Some("/w/bob.ext4")));
+        let p = paths(&calls);
+        let root = p.iter().position(|x| x == "/drives/rootfs").unwrap();
+        assert_eq!(p[root + 1], "/drives/workspace");
+        assert_eq!(p.last().map(String::as_str), Some("/actions"));
+        let body = calls[root + 1].json();
+        assert_eq!(body["path_on_host"], "/w/bob.ext4");
+        assert_eq!(body["is_root_device"], false);
+        assert_eq!(body["is_read_only"], false);
+    }
+}

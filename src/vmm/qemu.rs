@@ -407,6 +407,25 @@ mod tests {
         );
     }
 
+    /// The workspace is the second virtio-blk device, so the guest sees it as /dev/vdb.
+    #[test]
+    fn an_extra_disk_follows_the_root_disk() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            accel: Accel::Tcg,
+            acpi: true,
+            monitor_timeout: Duration::from_secs(1),
+        };
+        let mut s = spec();
+        assert!(!q.args(&s).join(" ").contains("id=extra"));
+        s.extra_disk = Some("/w/bob,1.ext4".into());
+        let a = q.args(&s).join(" ");
+        let root = a.find("drive=root").unwrap();
+        let extra = a.find("drive=extra").unwrap();
+        assert!(root < extra, "{a}");
+        assert!(a.contains("id=extra,file=/w/bob,,1.ext4,format=raw"), "{a}");
+    }
+
     #[test]
     fn missing_binary_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
