@@ -159,7 +159,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         .join()
         .unwrap()
     };
-    let ollama = OllamaDouble::start(listener, &["qwen2.5-coder:7b"]);
+    let ollama = OllamaDouble::start(listener, &["qwen2.5-coder:7b", "qwen2.5:7b"]);
     let config = root.path().join("fireclaw.toml");
     std::fs::write(
         &config,
@@ -455,6 +455,27 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
             .iter()
             .any(|l| l.nick() == Some("coder") && matches!(l.command.as_str(), "QUIT" | "PART")),
         "coder left over the runtime's restart"
+    );
+
+    // !model: the configuration is pushed and SIGHUP sent; the agent stays on IRC and the next
+    // question goes to the new model.
+    let mark = alice.seen.len();
+    let changed = ask(&mut alice, "!model coder qwen2.5:7b");
+    assert_eq!(changed, "coder now thinks with qwen2.5:7b.");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = ollama.chat_requests().len();
+    alice.say("#agents", "coder: which model?").unwrap();
+    let chats = ollama.wait_chats(before + 1, Duration::from_secs(60));
+    assert_eq!(
+        chats.last().and_then(|c| c["model"].as_str()),
+        Some("qwen2.5:7b")
+    );
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.nick() == Some("coder")
+                && matches!(l.command.as_str(), "QUIT" | "PART" | "JOIN")),
+        "coder left IRC for a model change"
     );
 
     let gone = ask(&mut alice, "!destroy coder --purge");

@@ -86,7 +86,11 @@ impl Manager {
             }
         }
         let db = host.db().ok()?;
-        let r = crate::vm::record::get(&db, id).ok()??;
+        // Gone from the table: torn down (the runtime's start-up after a reboot, or its
+        // supervisor) before this check looked.
+        let Some(r) = crate::vm::record::get(&db, id).ok()? else {
+            return Some("its VM is gone".into());
+        };
         if crate::vm::processes_mentioning(&r.run_dir.to_string_lossy()).is_empty() {
             Some("its VMM is gone".into())
         } else {
