@@ -100,6 +100,7 @@ fn main() {
                 policy: Policy::Full,
                 image: image.clone(),
                 boot: Boot::Kernel,
+                extra_disk: None,
             };
             let t = Instant::now();
             let mut m = Machine::create(&h, &opts).unwrap();

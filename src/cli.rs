@@ -151,6 +151,20 @@ fireclaw rm 0123456789ab")]
 fireclaw logs 0123456789ab\n  \
 fireclaw logs -f 0123456789ab")]
     Logs(LogsArgs),
+    /// Agents through the runtime: start, stop, list, reload, logs, remove (as the overseer's commands).
+    #[command(after_help = "Examples:\n  \
+fireclaw agent start coder --name alice-coder\n  \
+fireclaw agent ls\n  \
+fireclaw agent reload alice-coder --model qwen2.5:7b\n  \
+fireclaw agent logs alice-coder -n 20\n  \
+fireclaw agent stop alice-coder\n  \
+fireclaw agent rm alice-coder --purge")]
+    Agent(AgentArgs),
+    /// Show the audit trail: every command the overseer and the control socket received.
+    #[command(after_help = "Examples:\n  \
+sudo fireclaw audit\n  \
+sudo fireclaw audit -n 100 --json | jq '.[] | select(.ok | not)'")]
+    Audit(AuditArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Examples:\n  \
 fireclaw completions bash > /usr/share/bash-completion/completions/fireclaw\n  \
@@ -510,6 +524,66 @@ fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("{e} (examples: info, debug, fireclaw=debug,hyper=warn)"))
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Start an agent from a template (`!invoke TEMPLATE [NAME] [MODEL]`).
+    #[command(
+        after_help = "Examples:\n  fireclaw agent start coder\n  fireclaw agent start quick --name q1 --model qwen2.5:1.5b"
+    )]
+    Start {
+        template: String,
+        /// The agent's name and IRC nick (default: the template's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The Ollama model (default: the template's, else [ollama] default_model).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Stop an agent and remove its VM, keeping its workspace (`!destroy NAME`).
+    #[command(after_help = "Examples:\n  fireclaw agent stop coder")]
+    Stop { name: String },
+    /// List the agents (`!list`).
+    #[command(after_help = "Examples:\n  fireclaw agent ls")]
+    Ls,
+    /// Push an agent's configuration again, with a new model if given (`!model NAME MODEL`).
+    #[command(after_help = "Examples:\n  fireclaw agent reload coder --model qwen2.5:7b")]
+    Reload {
+        name: String,
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// An agent's last interactions (`!logs NAME [N]`).
+    #[command(after_help = "Examples:\n  fireclaw agent logs coder -n 20")]
+    Logs {
+        name: String,
+        #[arg(short = 'n', long = "lines", value_parser = clap::value_parser!(u16).range(1..=50))]
+        lines: Option<u16>,
+    },
+    /// Stop an agent; --purge also deletes its workspace (`!destroy NAME [--purge]`).
+    #[command(after_help = "Examples:\n  fireclaw agent rm coder --purge")]
+    Rm {
+        name: String,
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Machine-readable output: the rows as a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the newest rows to show.
+    #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub lines: u32,
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,11 @@ pub mod bounds {
         max: 64,
         why: "ready VMs per image; each holds its memory while it waits",
     };
+    pub const HEALTH_SECS: Bound = Bound {
+        min: 2,
+        max: 3600,
+        why: "seconds; more often loads the guests, less often leaves a dead agent unnoticed",
+    };
     pub const DATA_MIB: Bound = Bound {
         min: 64,
         max: 16_777_216,
@@ -127,6 +132,7 @@ pub struct Config {
     pub pool: Pool,
     pub thinpool: ThinPool,
     pub images: Images,
+    pub agents: Agents,
 }
 
 /// Host paths. Each is absolute and is resolved under the root prefix.
@@ -231,6 +237,9 @@ pub struct Irc {
     /// IRC operator name the overseer uses; its password is generated into `irc-operator.pass`.
     pub operator: String,
     pub overseer_nick: String,
+    /// `nick!user@host` masks (`*`, `?`) that may use the overseer's changing commands
+    /// (`!invoke`, `!destroy`, `!model`) besides IRC operators.
+    pub admins: Vec<String>,
 }
 
 impl Default for Irc {
@@ -242,6 +251,7 @@ impl Default for Irc {
             channels: vec!["#control".into(), "#agents".into()],
             operator: "overseer".into(),
             overseer_nick: "overseer".into(),
+            admins: Vec::new(),
         }
     }
 }
@@ -259,6 +269,25 @@ impl Default for Ollama {
         Ollama {
             url: "http://172.16.0.1:11434".into(),
             default_model: "qwen2.5:7b".into(),
+        }
+    }
+}
+
+/// The agent system: which image agents boot and how often the runtime looks at them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agents {
+    /// The image agent VMs boot (it carries `fireclaw-guest` and mounts `/dev/vdb` at /workspace).
+    pub image: String,
+    /// Seconds between health checks (VMM alive, the guest agent answering) and usage collection.
+    pub health_secs: u32,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Agents {
+            image: "agent".into(),
+            health_secs: 30,
         }
     }
 }
@@ -496,6 +525,35 @@ impl Config {
                     format!("expected an IRC nickname, got {nick:?}"),
                 ));
             }
+        }
+        for (i, admin) in self.irc.admins.iter().enumerate() {
+            if !crate::values::is_valid_mask(admin) {
+                return Err(Invalid {
+                    key: "irc.admins",
+                    item: Some(i),
+                    message: format!(
+                        "expected nick!user@host masks like \"alice!*@*\", got {admin:?}"
+                    ),
+                });
+            }
+        }
+        bounds::HEALTH_SECS
+            .check(self.agents.health_secs.into())
+            .map_err(|m| invalid("agents.health_secs", m))?;
+        if self.agents.image.is_empty()
+            || !self
+                .agents
+                .image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "agents.image",
+                format!(
+                    "expected an image name like \"agent\", got {:?}",
+                    self.agents.image
+                ),
+            ));
         }
         if self.irc.port == 0 {
             return Err(invalid("irc.port", "expected a port between 1 and 65535"));
@@ -745,6 +803,13 @@ mod tests {
             ("[network]\naddress = \"10.0.0.1/30\"", "pool.max_vms", 0),
             ("[irc]\nchannels = [\"#ok\",\n  \"bad\"]", "irc.channels", 3),
             ("[irc]\nnetwork = \"\"", "irc.network", 2),
+            (
+                "[irc]\nadmins = [\"alice!*@*\",\n  \"bob\"]",
+                "irc.admins",
+                3,
+            ),
+            ("[agents]\nhealth_secs = 0", "agents.health_secs", 2),
+            ("[agents]\n\nimage = \"../x\"", "agents.image", 3),
             (
                 "[images]\nrecipes = [\"base\", \"../x\"]",
                 "images.recipes",

@@ -34,6 +34,8 @@ fn dispatch(cli: &cli::Cli) -> i32 {
             Command::Exec(a) => commands::exec::run(&env, a),
             Command::Rm(a) => commands::rm::run(&env, a),
             Command::Logs(a) => commands::logs::run(&env, a),
+            Command::Audit(a) => commands::audit::run(&env, a),
+            Command::Agent(a) => commands::agent::run(&env, a),
             Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
         }),
     };

@@ -159,6 +159,7 @@ fn spec(run_dir: &Path, boot: Boot) -> VmSpec {
         cmdline: "console=ttyS0 reboot=k panic=1 ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off"
             .into(),
         root_disk: "/var/lib/fireclaw/disks/0123456789ab.img".into(),
+        extra_disk: None,
         tap: "fc-0123456789ab".into(),
         mac: "02:fc:ac:10:00:02".into(),
         run_dir: run_dir.to_path_buf(),

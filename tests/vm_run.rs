@@ -387,6 +387,7 @@ fn launch_options(root: &TestRoot) -> fireclaw::vm::LaunchOptions {
         policy: fireclaw::net::policy::Policy::Full,
         image,
         boot: fireclaw::vmm::Boot::Kernel,
+        extra_disk: None,
     }
 }
 

@@ -80,6 +80,7 @@ async fn scenario(root: &std::path::Path, fx: &Fixture) -> Result<(), String> {
             &image.cmdline_extra,
         ),
         root_disk: disk.clone(),
+        extra_disk: None,
         tap: tap.into(),
         mac: fireclaw::net::lease::mac_for(ip),
         run_dir: run_dir.clone(),

@@ -4,6 +4,9 @@
 //! thinks with the local Ollama. Templates (`recipes/agents/*.toml`, overridable in
 //! `/etc/fireclaw/agents/`) say what kind of agent it is.
 
+pub mod health;
+pub mod launch;
+pub mod manager;
 pub mod store;
 pub mod template;
 pub mod workspace;

@@ -1,5 +1,7 @@
 //! One module per command. Each takes parsed arguments and returns an exit code or an error.
 
+pub mod agent;
+pub mod audit;
 pub mod completions;
 pub mod config;
 pub mod doctor;

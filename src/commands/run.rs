@@ -314,6 +314,7 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
         policy: args.policy,
         image,
         boot: Boot::Kernel,
+        extra_disk: None,
     };
     Ok((host, opts))
 }

@@ -28,20 +28,7 @@ pub fn matches(mask: &str, prefix: &str) -> bool {
     m[mi..].iter().all(|&c| c == '*')
 }
 
-/// Whether a configured mask is well-formed: `nick!user@host`, each part non-empty, no spaces or
-/// control characters.
-pub fn is_valid_mask(mask: &str) -> bool {
-    let Some((nick, rest)) = mask.split_once('!') else {
-        return false;
-    };
-    let Some((user, host)) = rest.split_once('@') else {
-        return false;
-    };
-    [nick, user, host].iter().all(|p| !p.is_empty())
-        && !host.contains(['!', '@'])
-        && !mask.chars().any(|c| c.is_whitespace() || c.is_control())
-        && mask.len() <= 200
-}
+pub use crate::values::is_valid_mask;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! IRC: names and the ngircd configuration fireclaw generates.
 
+pub mod client;
 pub mod command;
 pub mod mask;
 pub mod ngircd;

@@ -3,6 +3,10 @@
 use crate::config::Config;
 use crate::net::Ipv4Cidr;
 
+/// The operator password's file inside `paths.config_dir` (root's alone, 0600: read by the
+/// overseer; ngircd gets the password through its own configuration).
+pub const OPERATOR_PASSWORD_FILE: &str = "irc-operator.pass";
+
 const TEMPLATE: &str = include_str!("../../recipes/ngircd.conf.in");
 
 /// What varies between the host's configuration and a test's throwaway server.

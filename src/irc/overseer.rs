@@ -5,6 +5,7 @@
 
 use crate::irc::command::{self, Command, Verb};
 use crate::irc::mask;
+use std::future::Future;
 
 /// Who sent a message, as the server told us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,22 +47,25 @@ pub struct Reply {
 
 /// The agent manager, as the overseer sees it. Each answer is lines of plain text (one item per
 /// line) or an error sentence; the overseer decides where they go.
-#[allow(async_fn_in_trait)]
+/// (The futures are `Send` so the IRC connection can run commands on a worker task.)
 pub trait AgentOps {
-    async fn invoke(
+    fn invoke(
         &self,
         template: &str,
         name: Option<&str>,
         model: Option<&str>,
-    ) -> Result<Vec<String>, String>;
-    async fn destroy(&self, name: &str, purge: bool) -> Result<Vec<String>, String>;
-    async fn list(&self) -> Result<Vec<String>, String>;
-    async fn set_model(&self, name: &str, model: &str) -> Result<Vec<String>, String>;
-    async fn models(&self) -> Result<Vec<String>, String>;
-    async fn templates(&self) -> Result<Vec<String>, String>;
-    async fn status(&self, name: Option<&str>) -> Result<Vec<String>, String>;
-    async fn logs(&self, name: &str, lines: u16) -> Result<Vec<String>, String>;
+    ) -> impl Future<Output = Answer> + Send;
+    fn destroy(&self, name: &str, purge: bool) -> impl Future<Output = Answer> + Send;
+    fn list(&self) -> impl Future<Output = Answer> + Send;
+    fn set_model(&self, name: &str, model: &str) -> impl Future<Output = Answer> + Send;
+    fn models(&self) -> impl Future<Output = Answer> + Send;
+    fn templates(&self) -> impl Future<Output = Answer> + Send;
+    fn status(&self, name: Option<&str>) -> impl Future<Output = Answer> + Send;
+    fn logs(&self, name: &str, lines: u16) -> impl Future<Output = Answer> + Send;
 }
+
+/// Lines of an answer, or the sentence saying why not.
+pub type Answer = Result<Vec<String>, String>;
 
 /// The overseer's rules.
 #[derive(Debug, Clone)]

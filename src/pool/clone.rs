@@ -186,6 +186,7 @@ impl ClonedVm {
             mac: m.mac.clone(),
             run_dir: self.run_dir.clone(),
             boot: Boot::Snapshot(snap.files.clone()),
+            extra_disk: None,
         };
         let t = Instant::now();
         let engines = host.engines.clone();

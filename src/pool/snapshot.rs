@@ -256,6 +256,7 @@ async fn make_files(
         policy: Policy::None,
         image: recipe.image.clone(),
         boot: Boot::Kernel,
+        extra_disk: None,
     };
     let h = host.clone();
     let mut machine = tokio::task::spawn_blocking(move || Machine::create(&h, &opts))

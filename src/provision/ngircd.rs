@@ -13,9 +13,7 @@ pub const UNIT: &str = "ngircd.service";
 /// Debian's base-passwd user and group ngircd runs as, when its unit is not installed yet.
 pub const DEFAULT_GROUP: &str = "irc";
 
-/// The operator password's file inside `paths.config_dir` (root's alone, 0600: read by the
-/// overseer; ngircd gets the password through its own configuration).
-pub const OPERATOR_PASSWORD_FILE: &str = "irc-operator.pass";
+pub use crate::irc::ngircd::OPERATOR_PASSWORD_FILE;
 
 const PASSWORD_LENGTH: usize = 32;
 

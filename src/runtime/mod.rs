@@ -14,6 +14,7 @@ pub mod client;
 mod exec;
 pub mod logging;
 pub mod metrics;
+pub mod overseer;
 pub mod pool;
 pub mod reload;
 mod run;
@@ -73,6 +74,8 @@ pub struct Service {
     pub(crate) warm: Option<Arc<crate::pool::warm::Pool>>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) access: access::Access,
+    /// The agent manager (set once the service runs), shared by the overseer and the socket.
+    pub(crate) agents: std::sync::OnceLock<Arc<crate::agents::manager::Manager>>,
     /// Set when the runtime stops: long-lived responses (console follow) end at once.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
@@ -95,6 +98,7 @@ impl Service {
             warm: None,
             metrics: metrics::Metrics::new(),
             access,
+            agents: std::sync::OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -205,6 +209,24 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let supervisor = tokio::spawn(vms::supervise(service.clone(), stop_rx.clone()));
     // After start-up's reconcile: the pool's slots and snapshots are made on a clean host.
     let refill = tokio::spawn(warm.clone().refill());
+    let svc = service.clone();
+    let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
+        svc.host()
+    })));
+    let _ = service.agents.set(manager.clone());
+    let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(64);
+    let checker = crate::agents::health::Checker::new(
+        manager.clone(),
+        announce_tx,
+        overseer::rules(&service.host()).control_channel,
+    );
+    let health = tokio::spawn(checker.run(stop_rx.clone()));
+    let overseer = tokio::spawn(overseer::run(
+        service.host(),
+        manager,
+        announce_rx,
+        stop_rx.clone(),
+    ));
 
     let why = loop {
         tokio::select! {
@@ -225,6 +247,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // In-flight requests get a moment to finish; the socket stops accepting at once.
     let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
     let _ = supervisor.await;
+    let _ = health.await;
+    // The overseer says QUIT; agents stay in the channel.
+    let _ = tokio::time::timeout(Duration::from_secs(5), overseer).await;
     service.pool.shutdown().await;
     let _ = refill.await;
     match std::fs::remove_file(&socket) {

@@ -172,6 +172,7 @@ async fn cold(service: &Service, image: &str, policy: Policy) -> Result<Handle, 
         policy,
         image: recipe.image,
         boot: Boot::Kernel,
+        extra_disk: None,
     };
     let t = Instant::now();
     let h = host.clone();

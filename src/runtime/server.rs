@@ -98,7 +98,8 @@ pub async fn accept_loop(
             }
         };
         let svc = if service.access.allows(&peer) {
-            app.clone()
+            // Handlers that audit name the peer.
+            app.clone().layer(axum::Extension(peer))
         } else {
             tracing::warn!(
                 uid = peer.uid,
@@ -145,6 +146,10 @@ pub fn router(service: Svc) -> Router {
         .route("/v1/vms/{id}/exec", post(exec_vm))
         .route("/v1/vms/{id}/console", get(console))
         .route("/v1/run", post(run_vm))
+        .route("/v1/agents", get(agents::list).post(agents::start))
+        .route("/v1/agents/{name}", delete(agents::remove))
+        .route("/v1/agents/{name}/reload", post(agents::reload))
+        .route("/v1/agents/{name}/logs", get(agents::logs))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             service.clone(),
@@ -270,6 +275,141 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(format!("{e:#}")))
+}
+
+/// `/v1/agents`: the agent manager's operations, with the IRC commands' semantics, audited with
+/// the peer's uid and pid (the socket's group is the authorization, as for every route).
+mod agents {
+    use super::*;
+    use crate::agents::manager::Manager;
+    use crate::agents::store::{self, Source};
+    use crate::irc::overseer::{AgentOps as _, Answer};
+    use fireclaw_proto::control::{AgentAnswer, AgentReload, AgentStart};
+
+    #[derive(serde::Deserialize)]
+    pub struct Purge {
+        #[serde(default)]
+        purge: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Lines {
+        n: Option<u16>,
+    }
+
+    fn manager(s: &Svc) -> ApiResult<Arc<Manager>> {
+        s.agents.get().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent manager is starting",
+            )
+        })
+    }
+
+    fn check_name(name: &str) -> ApiResult<()> {
+        if crate::irc::command::is_agent_name(name) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid agent name {:?}: a letter, then letters, digits, - or _, at most 16",
+                    name.chars().take(40).collect::<String>()
+                ),
+            ))
+        }
+    }
+
+    /// Audits and turns the manager's answer into a response: its sentence is a 409.
+    async fn answer(
+        s: &Svc,
+        peer: &Peer,
+        command: String,
+        a: Answer,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        let (ok, summary) = match &a {
+            Ok(lines) => (true, lines.first().cloned().unwrap_or_default()),
+            Err(e) => (false, e.clone()),
+        };
+        let host = s.host();
+        let actor = format!("uid {} pid {}", peer.uid, peer.pid.unwrap_or(0));
+        if let Err(e) = blocking(move || {
+            store::audit(&host.db()?, Source::Socket, &actor, &command, ok, &summary)?;
+            Ok(())
+        })
+        .await
+        {
+            tracing::error!("audit: cannot record: {}", e.1);
+        }
+        a.map(|lines| Json(AgentAnswer { lines }))
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+    }
+
+    pub async fn list(
+        State(s): State<Svc>,
+        axum::Extension(peer): axum::Extension<Peer>,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        let a = manager(&s)?.list().await;
+        answer(&s, &peer, "agent ls".into(), a).await
+    }
+
+    pub async fn start(
+        State(s): State<Svc>,
+        axum::Extension(peer): axum::Extension<Peer>,
+        body: Result<Bytes, BytesRejection>,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        let req: AgentStart = parse_body(body)?;
+        let m = manager(&s)?;
+        let a = m
+            .invoke(&req.template, req.name.as_deref(), req.model.as_deref())
+            .await;
+        let command = format!(
+            "agent start {} {} {}",
+            req.template,
+            req.name.as_deref().unwrap_or(""),
+            req.model.as_deref().unwrap_or("")
+        );
+        answer(&s, &peer, command.trim_end().into(), a).await
+    }
+
+    pub async fn remove(
+        State(s): State<Svc>,
+        axum::Extension(peer): axum::Extension<Peer>,
+        UrlPath(name): UrlPath<String>,
+        Query(q): Query<Purge>,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        check_name(&name)?;
+        let a = manager(&s)?.destroy(&name, q.purge).await;
+        let command = format!("agent rm {name}{}", if q.purge { " --purge" } else { "" });
+        answer(&s, &peer, command, a).await
+    }
+
+    pub async fn reload(
+        State(s): State<Svc>,
+        axum::Extension(peer): axum::Extension<Peer>,
+        UrlPath(name): UrlPath<String>,
+        body: Result<Bytes, BytesRejection>,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        check_name(&name)?;
+        let req: AgentReload = parse_body(body)?;
+        let a = manager(&s)?.reload(&name, req.model.as_deref()).await;
+        let command = format!("agent reload {name} {}", req.model.as_deref().unwrap_or(""));
+        answer(&s, &peer, command.trim_end().into(), a).await
+    }
+
+    pub async fn logs(
+        State(s): State<Svc>,
+        axum::Extension(peer): axum::Extension<Peer>,
+        UrlPath(name): UrlPath<String>,
+        Query(q): Query<Lines>,
+    ) -> ApiResult<Json<AgentAnswer>> {
+        check_name(&name)?;
+        let n =
+            q.n.unwrap_or(crate::irc::command::DEFAULT_LOG_LINES)
+                .clamp(1, crate::irc::command::MAX_LOG_LINES);
+        let a = manager(&s)?.logs(&name, n).await;
+        answer(&s, &peer, format!("agent logs {name} -n {n}"), a).await
+    }
 }
 
 async fn health() -> Json<Health> {

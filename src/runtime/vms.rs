@@ -116,6 +116,10 @@ fn supervise_once(service: &Service) -> anyhow::Result<()> {
             tracing::info!("VM {id} was removed");
             continue;
         }
+        // The console goes with the run dir: an agent's death notice quotes its last lines.
+        if let Some(m) = service.agents.get() {
+            m.note_console(&id, &host.run_dir(&id).join("console.log"));
+        }
         let report = vm::gc(&host, false, Some(&id))?;
         if report.errors.is_empty() {
             tracing::warn!("kept VM {id}: its VMM died; torn down");

@@ -101,6 +101,8 @@ pub struct LaunchOptions {
     pub policy: Policy,
     pub image: ImageSpec,
     pub boot: Boot,
+    /// A second disk for the guest (`/dev/vdb`), used as it is (not cloned): an agent's workspace.
+    pub extra_disk: Option<PathBuf>,
 }
 
 /// A fresh VM id: 12 hex digits, random, so concurrent runs never pick the same names.
@@ -278,6 +280,7 @@ impl Machine {
             initrd: opts.image.initrd.clone(),
             cmdline: kernel_cmdline(l.ip, &bridge, opts.vmm, &opts.image.cmdline_extra),
             root_disk: disk.path.clone(),
+            extra_disk: opts.extra_disk.clone(),
             tap: self.tap.clone(),
             mac: lease::mac_for(l.ip),
             run_dir: self.run_dir.clone(),

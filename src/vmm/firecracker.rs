@@ -47,15 +47,18 @@ fn call(method: &'static str, path: &str, body: Body) -> ApiCall {
 
 /// Device ids used in every request (and in snapshot network overrides).
 pub const ROOT_DRIVE: &str = "rootfs";
+/// The second drive's id (an agent's workspace).
+pub const EXTRA_DRIVE: &str = "workspace";
 pub const NET_IFACE: &str = "eth0";
 
 fn path_string(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The cold-boot sequence: boot source, machine, root drive, network, then InstanceStart.
+/// The cold-boot sequence: boot source, machine, root drive (and the extra one), network, then
+/// InstanceStart.
 pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
-    vec![
+    let mut calls = vec![
         call(
             "PUT",
             "/boot-source",
@@ -93,14 +96,31 @@ pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
                 guest_mac: spec.mac.clone(),
             }),
         ),
-        call(
-            "PUT",
-            "/actions",
-            Body::Action(InstanceAction {
-                action_type: ActionType::InstanceStart,
-            }),
-        ),
-    ]
+    ];
+    if let Some(extra) = &spec.extra_disk {
+        // Drives attach in the order they are PUT: after the root drive, this one is /dev/vdb.
+        calls.insert(
+            3,
+            call(
+                "PUT",
+                &format!("/drives/{EXTRA_DRIVE}"),
+                Body::Drive(Drive {
+                    drive_id: EXTRA_DRIVE.into(),
+                    path_on_host: path_string(extra),
+                    is_root_device: false,
+                    is_read_only: false,
+                }),
+            ),
+        );
+    }
+    calls.push(call(
+        "PUT",
+        "/actions",
+        Body::Action(InstanceAction {
+            action_type: ActionType::InstanceStart,
+        }),
+    ));
+    calls
 }
 
 /// The restore sequence: load the snapshot paused onto this VM's tap, point the root drive at
@@ -495,5 +515,45 @@ impl Drop for FirecrackerInstance {
             kill_child(&mut self.child);
             remove_jail(&self.jail);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: Option<&str>) -> VmSpec {
+        VmSpec {
+            id: "0123456789ab".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            root_disk: "/d/root.img".into(),
+            extra_disk: extra.map(Into::into),
+            tap: "fc-0123456789ab".into(),
+            mac: "02:fc:ac:10:00:02".into(),
+            run_dir: "/run/fireclaw/vms/0123456789ab".into(),
+            boot: Boot::Kernel,
+        }
+    }
+
+    /// The workspace drive is PUT right after the root drive (so it is /dev/vdb), read-write, and
+    /// only when there is one; InstanceStart stays last.
+    #[test]
+    fn an_extra_disk_is_the_second_drive() {
+        let paths = |calls: &[ApiCall]| calls.iter().map(|c| c.path.clone()).collect::<Vec<_>>();
+        let plain = boot_calls(&spec(None));
+        assert!(!paths(&plain).iter().any(|p| p.contains(EXTRA_DRIVE)));
+        let calls = boot_calls(&spec(Some("/w/bob.ext4")));
+        let p = paths(&calls);
+        let root = p.iter().position(|x| x == "/drives/rootfs").unwrap();
+        assert_eq!(p[root + 1], "/drives/workspace");
+        assert_eq!(p.last().map(String::as_str), Some("/actions"));
+        let body = calls[root + 1].json();
+        assert_eq!(body["path_on_host"], "/w/bob.ext4");
+        assert_eq!(body["is_root_device"], false);
+        assert_eq!(body["is_read_only"], false);
     }
 }

@@ -134,6 +134,8 @@ pub struct VmSpec {
     pub cmdline: String,
     /// The root disk (`/dev/vda` in the guest).
     pub root_disk: PathBuf,
+    /// A second read-write disk (`/dev/vdb` in the guest): an agent's workspace.
+    pub extra_disk: Option<PathBuf>,
     pub tap: String,
     pub mac: String,
     /// Private directory for this machine's sockets and logs; removed with the machine.

@@ -133,6 +133,15 @@ impl Qemu {
             "-device",
             "virtio-blk-device,drive=root",
         ]);
+        if let Some(extra) = &spec.extra_disk {
+            let extra = extra.to_string_lossy().replace(',', ",,");
+            push(&[
+                "-drive",
+                &format!("id=extra,file={extra},format=raw,if=none,cache=writeback"),
+                "-device",
+                "virtio-blk-device,drive=extra",
+            ]);
+        }
         push(&[
             "-netdev",
             &format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
@@ -359,6 +368,7 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0 ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off".into(),
             root_disk: "/d/a,b.img".into(),
+            extra_disk: None,
             tap: "fc-abc".into(),
             mac: "02:fc:ac:10:00:02".into(),
             run_dir: "/run/fireclaw/vms/abc".into(),
@@ -395,6 +405,25 @@ mod tests {
             args.contains(&"exec:cat '/s/it'\\''s/vmstate'".to_string()),
             "{a}"
         );
+    }
+
+    /// The workspace is the second virtio-blk device, so the guest sees it as /dev/vdb.
+    #[test]
+    fn an_extra_disk_follows_the_root_disk() {
+        let q = Qemu {
+            binary: "qemu".into(),
+            accel: Accel::Tcg,
+            acpi: true,
+            monitor_timeout: Duration::from_secs(1),
+        };
+        let mut s = spec();
+        assert!(!q.args(&s).join(" ").contains("id=extra"));
+        s.extra_disk = Some("/w/bob,1.ext4".into());
+        let a = q.args(&s).join(" ");
+        let root = a.find("drive=root").unwrap();
+        let extra = a.find("drive=extra").unwrap();
+        assert!(root < extra, "{a}");
+        assert!(a.contains("id=extra,file=/w/bob,,1.ext4,format=raw"), "{a}");
     }
 
     #[test]

@@ -289,3 +289,30 @@ mod tests {
         assert_eq!(serde_json::to_string(&Origin::Pool).unwrap(), r#""pool""#);
     }
 }
+
+/// `POST /v1/agents`: start an agent (`!invoke TEMPLATE [NAME] [MODEL]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStart {
+    pub template: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// `POST /v1/agents/{name}/reload`: push the configuration again, with a new model if given
+/// (`!model NAME MODEL`), and SIGHUP the guest agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// What an agent operation answered: the lines the overseer would say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAnswer {
+    pub lines: Vec<String>,
+}

@@ -42,6 +42,9 @@ pub enum Reply {
     RawLines(Vec<String>),
     /// Read the request and never answer.
     Hang,
+    /// Text: `prefix` followed by the content of the request's last `tool` message, so a test
+    /// can show that what a tool produced (in a VM, say) reached the reply.
+    EchoToolResult(String),
 }
 
 impl Reply {
@@ -281,9 +284,17 @@ async fn chat(s: &mut TcpStream, body: &Value, state: &Arc<Mutex<State>>) -> std
             Some(st.script.pop_front().unwrap_or_else(|| Reply::text("ok")))
         }
     };
-    let Some(reply) = reply else {
+    let Some(mut reply) = reply else {
         return send_json(s, 404, &not_found(&model)).await;
     };
+    if let Reply::EchoToolResult(prefix) = &reply {
+        let result = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "tool"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("(no tool result)");
+        reply = Reply::Text(format!("{prefix}{result}"));
+    }
     let message = |content: &str, calls: &[(String, Value)]| {
         let mut m = json!({"role": "assistant", "content": content});
         if !calls.is_empty() {
@@ -334,6 +345,8 @@ async fn chat(s: &mut TcpStream, body: &Value, state: &Arc<Mutex<State>>) -> std
             stream_lines(s, lines.into_iter()).await
         }
         Reply::RawLines(lines) => stream_lines(s, lines.into_iter()).await,
+        // Replaced by text above.
+        Reply::EchoToolResult(_) => Ok(()),
     }
 }
 

@@ -181,6 +181,9 @@ impl Jail {
             jailed.initrd = Some(self.share(i, "initrd")?);
         }
         jailed.root_disk = self.own(&spec.root_disk, "rootfs")?;
+        if let Some(extra) = &spec.extra_disk {
+            jailed.extra_disk = Some(self.own(extra, "workspace")?);
+        }
         if let Boot::Snapshot(files) = &spec.boot {
             self.snapshot_dir()?;
             let inside = Self::snapshot_files();

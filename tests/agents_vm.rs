@@ -1,0 +1,494 @@
+//! VM tier, end to end: `fireclaw runtime` with its overseer on a real ngircd, an agent VM from
+//! the Debian agent test image under QEMU (TCG here) running `fireclaw-guest`, the Ollama double
+//! on the bridge address, and a person on IRC. Needs root, ip, nft, qemu-system-x86_64, ngircd,
+//! and the agent test image (FIRECLAW_TEST_AGENT_MANIFEST, default the CI cache's debian-test)
+//! with the key it authorizes (FIRECLAW_TEST_SSH_KEY, default the CI key).
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fireclaw_testkit::irc::{IrcClient, Line};
+use fireclaw_testkit::ngircd::Ngircd;
+use fireclaw_testkit::ollama::{OllamaDouble, Reply};
+use serde_json::json;
+use support::runtime::{GroupGuard, Runtime};
+use support::vm::*;
+
+const PASSWORD: &str = "agents-vm-operator-password";
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.into())
+}
+
+/// The image in the root's image directory: a copy of the test image with this build's guest
+/// agent written into it (debugfs, no mount), as the image builder puts the workspace's build in.
+fn install_image(root: &Path, manifest: &Path, guest: &Path) -> String {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let name = m["name"].as_str().expect("manifest name").to_string();
+    let images = root.join("var/lib/fireclaw/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let source = manifest
+        .parent()
+        .unwrap()
+        .join(m["image"].as_str().unwrap());
+    let copy = images.join(format!("{name}.ext4"));
+    sh_ok(&format!(
+        "cp --sparse=always --reflink=auto {} {}",
+        source.display(),
+        copy.display()
+    ));
+    let cmds = images.join("debugfs.cmds");
+    std::fs::write(
+        &cmds,
+        format!(
+            "rm /usr/local/bin/fireclaw-guest\nwrite {} /usr/local/bin/fireclaw-guest\n\
+             sif /usr/local/bin/fireclaw-guest mode 0100755\n\
+             sif /usr/local/bin/fireclaw-guest uid 0\nsif /usr/local/bin/fireclaw-guest gid 0\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    sh_ok(&format!(
+        "debugfs -w -f {} {}",
+        cmds.display(),
+        copy.display()
+    ));
+    m["image"] = json!(copy.file_name().unwrap().to_str().unwrap());
+    std::fs::write(
+        images.join(format!("{name}.manifest.json")),
+        serde_json::to_string_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    name
+}
+
+/// Waits for a line matching `pred`, looking first at what arrived since `from` (a wait for
+/// something else may have read it already).
+fn seen_or_wait(
+    c: &mut IrcClient,
+    from: usize,
+    timeout: Duration,
+    pred: impl Fn(&Line) -> bool,
+) -> Option<Line> {
+    if let Some(l) = c.seen[from.min(c.seen.len())..].iter().find(|l| pred(l)) {
+        return Some(l.clone());
+    }
+    c.wait_for(timeout, pred)
+}
+
+fn joined(nick: &str) -> impl Fn(&Line) -> bool + '_ {
+    move |l: &Line| l.command == "JOIN" && l.nick() == Some(nick)
+}
+
+fn said_by<'a>(nick: &'a str, target: &'a str) -> impl Fn(&Line) -> bool + 'a {
+    move |l: &Line| l.is_privmsg(nick, target)
+}
+
+#[test]
+#[ignore = "vm tier: needs root, QEMU, ngircd and the agent test image; run with --include-ignored"]
+fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
+    let manifest = env_path(
+        "FIRECLAW_TEST_AGENT_MANIFEST",
+        "/var/cache/fireclaw-ci/images/debian-test.manifest.json",
+    );
+    let key = env_path("FIRECLAW_TEST_SSH_KEY", "/var/cache/fireclaw-ci/ci-key");
+    // The static guest agent of this workspace (`cargo build --target x86_64-unknown-linux-musl
+    // -p fireclaw-guest`), unless FIRECLAW_GUEST_BIN names another.
+    let guest = std::env::var_os("FIRECLAW_GUEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/x86_64-unknown-linux-musl/debug/fireclaw-guest")
+        });
+    if !prerequisites("vm", true)
+        || !support::require(
+            "vm",
+            &[
+                ("the agent test image's manifest", manifest.exists()),
+                ("its SSH key", key.exists()),
+                (
+                    "the static guest agent (cargo build --target x86_64-unknown-linux-musl -p fireclaw-guest)",
+                    guest.exists(),
+                ),
+                ("debugfs", Path::new("/usr/sbin/debugfs").exists() || Path::new("/sbin/debugfs").exists()),
+                ("ngircd", Path::new(fireclaw_testkit::ngircd::UNIT_FILE).exists()),
+            ],
+        )
+    {
+        return;
+    }
+    let _lock = vm_lock();
+    let _group = GroupGuard::new();
+    let fixture = Fixture {
+        kernel: PathBuf::new(),
+        initrd: None,
+        manifest: manifest.clone(),
+        ssh_key: key,
+    };
+    let ns = Netns::new("agvm");
+    let root = TestRoot::new(&fixture);
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = install_image(root.path(), &manifest, &guest);
+    let etc = root.path().join("etc/fireclaw");
+    std::fs::write(etc.join("irc-operator.pass"), PASSWORD).unwrap();
+    // The operator's override of `coder`: smaller, for emulation on a shared 2-core machine.
+    std::fs::create_dir_all(etc.join("agents")).unwrap();
+    std::fs::write(
+        etc.join("agents/coder.toml"),
+        "description = \"programmer (test size)\"\npersona = \"You are coder, a test agent.\"\n\
+         model = \"qwen2.5-coder:7b\"\ntools = [\"run_command\", \"save_memory\"]\n\
+         vcpus = 1\nmem_mib = 512\nnetwork = \"full\"\n\
+         [restart]\npolicy = \"on-failure\"\nbackoff_secs = 1\nmax_restarts = 3\n",
+    )
+    .unwrap();
+
+    // Ollama's double where agents reach Ollama: the bridge address.
+    let listener = {
+        let path = format!("/run/netns/{}", ns.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind("172.16.0.1:11434").unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let ollama = OllamaDouble::start(listener, &["qwen2.5-coder:7b", "qwen2.5:7b"]);
+    let config = root.path().join("fireclaw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[irc]\nadmins = [\"alice!*@*\"]\n[ollama]\nurl = \"http://172.16.0.1:11434\"\n\
+             [agents]\nimage = \"{image}\"\nhealth_secs = 3\n"
+        ),
+    )
+    .unwrap();
+    let parsed =
+        fireclaw::config::Config::parse(&std::fs::read_to_string(&config).unwrap(), &config)
+            .unwrap();
+
+    // ngircd as provision configures it: the bridge and loopback.
+    let run = root.path().join("ngircd-run");
+    std::fs::create_dir(&run).unwrap();
+    let irc = nix::unistd::User::from_name("irc").unwrap().unwrap();
+    nix::unistd::chown(&run, Some(irc.uid), Some(irc.gid)).unwrap();
+    let conf = root.path().join("ngircd.conf");
+    std::fs::write(
+        &conf,
+        fireclaw::irc::ngircd::render(
+            &parsed,
+            &fireclaw::irc::ngircd::NgircdParams {
+                listen: "172.16.0.1,127.0.0.1".into(),
+                port: 6667,
+                pid_file: run.join("ngircd.pid").to_str().unwrap(),
+                operator_password: PASSWORD,
+            },
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Ngircd::start(&conf, &ns.name, "127.0.0.1:6667".parse().unwrap()).unwrap();
+
+    let runtime = || {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .arg(env!("CARGO_BIN_EXE_fireclaw"))
+            .arg("--root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("runtime");
+        cmd
+    };
+    let rt_files = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(runtime(), rt_files.path());
+    rt.wait_log("overseer: registered");
+
+    let mut alice = IrcClient::register(server.connect().unwrap(), "alice").unwrap();
+    alice.join("#control").unwrap();
+    alice.join("#agents").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // !invoke coder → the agent joins #agents.
+    let invoked = Instant::now();
+    let mark = alice.seen.len();
+    alice.say("#control", "!invoke coder").unwrap();
+    let up = alice
+        .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
+        .unwrap_or_else(|| panic!("no answer to !invoke:\n{}", rt.log_text()));
+    assert!(
+        up.text().contains("coder is up"),
+        "{up:?}\n{}",
+        rt.log_text()
+    );
+    let vm = up
+        .text()
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    let diag = |vm: &str| {
+        let out = root.fireclaw(
+            &ns,
+            &[
+                "exec", vm, "--", "sh", "-c",
+                "cat /etc/fireclaw/agent.toml; ps -ef; mount | grep -E 'vd|workspace'; ls -la /workspace; ls /etc/fireclaw/services 2>&1; tail -30 /var/log/fireclaw-guest.log 2>&1",
+            ],
+        );
+        let logs = root.fireclaw(&ns, &["logs", vm]);
+        format!(
+            "{}{}\nconsole:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            text(&logs.stdout)
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder")).unwrap_or_else(
+        || {
+            panic!(
+                "coder never joined #agents:\n{}\n{}",
+                rt.log_text(),
+                diag(&vm)
+            )
+        },
+    );
+    let join_time = invoked.elapsed();
+
+    // Asked its kernel, it runs `uname -a` in the VM as `agent` and answers with the result.
+    ollama.push(Reply::tool_call(
+        "run_command",
+        json!({"command": "uname -a; id -un"}),
+    ));
+    ollama.push(Reply::EchoToolResult("I run on: ".into()));
+    let asked = Instant::now();
+    alice
+        .say("#agents", "coder: what kernel are you on?")
+        .unwrap();
+    let answer = alice
+        .wait_for(Duration::from_secs(120), said_by("coder", "#agents"))
+        .unwrap_or_else(|| panic!("coder never answered:\n{}", rt.log_text()));
+    let first_line = invoked.elapsed();
+    let answered = asked.elapsed();
+    let lines: Vec<String> = std::iter::once(answer.text().to_string())
+        .chain(
+            alice
+                .collect(Duration::from_secs(5))
+                .iter()
+                .filter(|l| l.is_privmsg("coder", "#agents"))
+                .map(|l| l.text().to_string()),
+        )
+        .collect();
+    let reply = lines.join("\n");
+    let kernel = root.fireclaw(&ns, &["exec", &vm, "--", "uname", "-r"]);
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    let release = text(&kernel.stdout).trim().to_string();
+    assert!(
+        reply.contains("Linux") && reply.contains(&release),
+        "the reply {reply:?} lacks the guest's kernel {release}"
+    );
+    assert!(reply.contains("agent"), "not run as agent: {reply:?}");
+
+    // It saves a memory; destroyed without purge and invoked again, it still has it.
+    ollama.push(Reply::tool_call(
+        "save_memory",
+        json!({"text": "The secret word is marmalade-42."}),
+    ));
+    ollama.push(Reply::text("Saved."));
+    alice
+        .say("#agents", "coder: remember the secret word")
+        .unwrap();
+    let saved = alice
+        .wait_for(Duration::from_secs(120), said_by("coder", "#agents"))
+        .expect("coder confirms");
+    assert_eq!(saved.text(), "Saved.");
+    alice.say("#control", "!destroy coder").unwrap();
+    let gone = alice
+        .wait_for(Duration::from_secs(120), said_by("overseer", "#control"))
+        .expect("destroy answered");
+    assert!(gone.text().contains("workspace kept"), "{gone:?}");
+    assert!(
+        alice
+            .seen
+            .iter()
+            .any(|l| l.command == "QUIT" && l.nick() == Some("coder")),
+        "coder left without QUIT: {:?}",
+        alice.seen.iter().rev().take(5).collect::<Vec<_>>()
+    );
+
+    let mark = alice.seen.len();
+    alice.say("#control", "!invoke coder").unwrap();
+    let up = alice
+        .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
+        .expect("second invoke answered");
+    assert!(
+        up.text().contains("coder is up"),
+        "{up:?}\n{}",
+        rt.log_text()
+    );
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
+        .expect("coder joins again");
+    let before = ollama.chat_requests().len();
+    ollama.push(Reply::text("marmalade-42"));
+    alice
+        .say("#agents", "coder: what is the secret word?")
+        .unwrap();
+    let chats = ollama.wait_chats(before + 1, Duration::from_secs(120));
+    let request = chats.last().expect("a chat request").to_string();
+    assert!(
+        request.contains("marmalade-42"),
+        "the remembered text is not in the next request: {request}"
+    );
+    eprintln!(
+        "!invoke → coder in #agents (cold): {:.1} s; → its first line: {:.1} s (of which the question → answer: {:.1} s)",
+        join_time.as_secs_f64(),
+        first_line.as_secs_f64(),
+        answered.as_secs_f64()
+    );
+
+    // Usage: the health checker drains the guest's spool into the usage table.
+    let ask = |alice: &mut IrcClient, text: &str| -> String {
+        let _ = alice.collect(Duration::from_millis(300));
+        alice.say("#control", text).unwrap();
+        alice
+            .wait_for(Duration::from_secs(60), said_by("overseer", "#control"))
+            .map(|l| l.text().to_string())
+            .unwrap_or_default()
+    };
+    let start = Instant::now();
+    loop {
+        let status = ask(&mut alice, "!status coder");
+        if alice
+            .seen
+            .iter()
+            .rev()
+            .take(3)
+            .any(|l| l.text().starts_with("usage: ") && !l.text().starts_with("usage: 0 "))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no usage collected: {status}\n{}",
+            rt.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // The agent's VMM dies: announced in #control, restarted, back in #agents.
+    let vm2 = up
+        .text()
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    let pid = fireclaw::vm::record::get(&root.db().unwrap(), &vm2)
+        .unwrap()
+        .and_then(|r| r.vmm_pid)
+        .expect("the agent VM's VMM pid");
+    let mark = alice.seen.len();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let died = seen_or_wait(&mut alice, mark, Duration::from_secs(60), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("Agent coder died")
+    })
+    .unwrap_or_else(|| panic!("no death notice:\n{}", rt.log_text()));
+    eprintln!("death notice: {}", died.text());
+    assert!(
+        died.text().contains("Console: "),
+        "the notice quotes no console lines: {died:?}"
+    );
+    seen_or_wait(&mut alice, mark, Duration::from_secs(400), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("coder restarted")
+    })
+    .unwrap_or_else(|| panic!("no restart:\n{}", rt.log_text()));
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
+        .expect("coder back in #agents");
+    eprintln!(
+        "VMM killed → coder back in #agents: {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    let status = ask(&mut alice, "!status coder");
+    assert!(status.contains("1 restarts"), "{status}");
+
+    // The runtime stops and starts again: the agent VM is re-adopted, not restarted, and the
+    // agent never leaves #agents.
+    let mark = alice.seen.len();
+    let (exit, log) = rt.stop();
+    assert!(exit.success(), "{log}");
+    let rt = Runtime::start(runtime(), rt_files.path());
+    rt.wait_log("overseer: registered");
+    rt.wait_log("re-adopted kept VM");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = ask(&mut alice, "!status coder");
+    assert!(
+        again.contains("running") && again.contains("1 restarts"),
+        "{again}"
+    );
+    assert_eq!(
+        again.split("VM ").nth(1).map(|s| s.split(',').next()),
+        status.split("VM ").nth(1).map(|s| s.split(',').next()),
+        "the agent VM changed over the runtime's restart"
+    );
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.nick() == Some("coder") && matches!(l.command.as_str(), "QUIT" | "PART")),
+        "coder left over the runtime's restart"
+    );
+
+    // !model: the configuration is pushed and SIGHUP sent; the agent stays on IRC and the next
+    // question goes to the new model.
+    let mark = alice.seen.len();
+    let changed = ask(&mut alice, "!model coder qwen2.5:7b");
+    assert_eq!(changed, "coder now thinks with qwen2.5:7b.");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = ollama.chat_requests().len();
+    alice.say("#agents", "coder: which model?").unwrap();
+    let chats = ollama.wait_chats(before + 1, Duration::from_secs(60));
+    assert_eq!(
+        chats.last().and_then(|c| c["model"].as_str()),
+        Some("qwen2.5:7b")
+    );
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.nick() == Some("coder")
+                && matches!(l.command.as_str(), "QUIT" | "PART" | "JOIN")),
+        "coder left IRC for a model change"
+    );
+
+    let gone = ask(&mut alice, "!destroy coder --purge");
+    assert!(gone.contains("workspace purged"), "{gone}");
+    let (exit, log) = rt.stop();
+    assert!(exit.success(), "{log}");
+    drop(server);
+    root.assert_no_leaks(&ns);
+    assert!(
+        !root
+            .path()
+            .join("var/lib/fireclaw/workspaces/coder.ext4")
+            .exists(),
+        "purged workspace still there"
+    );
+}
