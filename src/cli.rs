@@ -250,7 +250,7 @@ pub struct RunArgs {
     /// Give up after this many seconds, boot included; the VM is destroyed (exit 124).
     #[arg(long, value_name = "S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
-    /// Guest network policy: full (NAT out), local (only the host's IRC port), none.
+    /// Guest network policy: full (NAT out), local (only the host's IRC and Ollama ports), none.
     #[arg(long, default_value = "full", value_parser = clap::builder::EnumValueParser::<PolicyArg>::new().map(crate::net::policy::Policy::from))]
     pub policy: crate::net::policy::Policy,
     /// Leave the VM running and print how to reach it (remove it with `fireclaw gc --vm ID`).
@@ -367,7 +367,7 @@ impl From<VmmArg> for crate::vmm::VmmKind {
 pub enum PolicyArg {
     /// Unrestricted (NAT to the outside, as provisioned).
     Full,
-    /// Only the host's IRC port on the bridge address.
+    /// Only the host's IRC and Ollama ports on the bridge address.
     Local,
     /// No new connections from the guest.
     None,

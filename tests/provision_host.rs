@@ -642,6 +642,7 @@ fn reprovisioning_leaves_running_vms_policy_rules_alone() {
         bridge: "fcbr0",
         bridge_ip: "172.16.0.1".parse().expect("ip"),
         irc_port: 6667,
+        ollama_port: Some(11434),
         tap: "fctap-test",
         guest_ip: "172.16.0.9".parse().expect("ip"),
         policy: Policy::Local,

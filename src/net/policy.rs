@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub enum Policy {
     /// Unrestricted (NAT to the outside, as provisioned).
     Full,
-    /// Only the host's IRC port on the bridge address.
+    /// Only the host's IRC and Ollama ports on the bridge address.
     Local,
     /// No new connections from the guest.
     None,
@@ -54,6 +54,9 @@ pub struct VmRules<'a> {
     pub bridge: &'a str,
     pub bridge_ip: Ipv4Addr,
     pub irc_port: u16,
+    /// Ollama's port on the bridge address, when Ollama is there: an agent under `local` thinks
+    /// with it, so `local` opens it beside IRC.
+    pub ollama_port: Option<u16>,
     pub tap: &'a str,
     pub guest_ip: Ipv4Addr,
     pub policy: Policy,
@@ -94,10 +97,12 @@ pub fn install_script(r: &VmRules) -> Option<String> {
         "add rule inet {t} {chain} ct state established,related accept\n"
     ));
     if r.policy == Policy::Local {
-        s.push_str(&format!(
-            "add rule inet {t} {chain} ip daddr {} tcp dport {} accept\n",
-            r.bridge_ip, r.irc_port
-        ));
+        for port in std::iter::once(r.irc_port).chain(r.ollama_port) {
+            s.push_str(&format!(
+                "add rule inet {t} {chain} ip daddr {} tcp dport {port} accept\n",
+                r.bridge_ip
+            ));
+        }
     }
     s.push_str(&format!("add rule inet {t} {chain} drop\n"));
     s.push_str(&format!(
@@ -202,6 +207,7 @@ mod tests {
             bridge: "fcbr0",
             bridge_ip: Ipv4Addr::new(172, 16, 0, 1),
             irc_port: 6667,
+            ollama_port: Some(11434),
             tap: "fc-abc",
             guest_ip: Ipv4Addr::new(172, 16, 0, 5),
             policy,
@@ -214,6 +220,9 @@ mod tests {
         let local = install_script(&rules(Policy::Local)).unwrap();
         assert!(local.contains(
             "add rule inet fireclaw vm_fc_abc ip daddr 172.16.0.1 tcp dport 6667 accept"
+        ));
+        assert!(local.contains(
+            "add rule inet fireclaw vm_fc_abc ip daddr 172.16.0.1 tcp dport 11434 accept"
         ));
         assert!(local.contains("insert rule inet fireclaw guest_egress ip saddr 172.16.0.5 jump vm_fc_abc comment \"fc:fc-abc\""));
         let none = install_script(&rules(Policy::None)).unwrap();

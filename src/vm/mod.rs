@@ -105,6 +105,17 @@ pub struct LaunchOptions {
     pub extra_disk: Option<PathBuf>,
 }
 
+/// The port of `[ollama] url` when it points at the bridge address (where guests reach it);
+/// `None` for an Ollama elsewhere, which `local` does not open.
+pub fn ollama_port_on(url: &str, bridge: std::net::Ipv4Addr) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    (host.parse::<std::net::Ipv4Addr>().ok()? == bridge)
+        .then(|| port.parse().ok())
+        .flatten()
+}
+
 /// A fresh VM id: 12 hex digits, random, so concurrent runs never pick the same names.
 pub fn new_id() -> String {
     use rand::Rng;
@@ -267,6 +278,7 @@ impl Machine {
             bridge: &host.config.network.bridge,
             bridge_ip: bridge.addr,
             irc_port: host.config.irc.port,
+            ollama_port: ollama_port_on(&host.config.ollama.url, bridge.addr),
             tap: &self.tap,
             guest_ip: l.ip,
             policy: opts.policy,
@@ -669,6 +681,28 @@ pub fn gc(host: &Host, all: bool, only: Option<&str>) -> anyhow::Result<GcReport
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ollama_on_the_bridge_gets_its_port_opened_and_nothing_else_does() {
+        let bridge = std::net::Ipv4Addr::new(172, 16, 0, 1);
+        assert_eq!(
+            ollama_port_on("http://172.16.0.1:11434", bridge),
+            Some(11434)
+        );
+        assert_eq!(
+            ollama_port_on("http://172.16.0.1:8080/", bridge),
+            Some(8080)
+        );
+        for other in [
+            "http://10.0.0.1:11434",
+            "https://172.16.0.1:11434",
+            "http://172.16.0.1",
+            "",
+            "http://172.16.0.1:x",
+        ] {
+            assert_eq!(ollama_port_on(other, bridge), None, "{other}");
+        }
+    }
 
     #[test]
     fn disks_are_destroyed_by_the_engine_that_made_them_and_unimported_images_get_copies() {
