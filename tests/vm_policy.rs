@@ -41,7 +41,8 @@ fn serve_in(ns: &str, addr: &str, greeting: &'static str) -> Arc<AtomicBool> {
 /// Prints whatever each server greets with; nc where the image has it, bash's /dev/tcp otherwise.
 const PROBE: &str = "probe() { if command -v nc >/dev/null; then nc -w 3 $1 $2 </dev/null; \
                      else timeout 3 bash -c \"cat </dev/tcp/$1/$2\"; fi; echo; }; \
-                     probe 172.16.0.1 6667; probe 203.0.113.2 8080; echo probed";
+                     probe 172.16.0.1 6667; probe 172.16.0.1 11434; probe 172.16.0.1 2222; \
+                     probe 203.0.113.2 8080; echo probed";
 
 #[test]
 #[ignore = "vm tier: needs root and QEMU; run with --include-ignored"]
@@ -55,6 +56,9 @@ fn policies_full_local_none_shape_guest_traffic() {
     let outside = ns.add_outside();
     let root = TestRoot::new(&fx);
     let stop_irc = serve_in(&ns.name, "172.16.0.1:6667", "irc-hi\n");
+    // Ollama on the bridge address (the default [ollama] url), and a host port nothing needs.
+    let stop_ollama = serve_in(&ns.name, "172.16.0.1:11434", "ollama-hi\n");
+    let stop_other = serve_in(&ns.name, "172.16.0.1:2222", "other-hi\n");
     let stop_out = serve_in(&outside, "203.0.113.2:8080", "out-hi\n");
 
     for (policy, irc, out) in [
@@ -62,6 +66,8 @@ fn policies_full_local_none_shape_guest_traffic() {
         ("local", true, false),
         ("none", false, false),
     ] {
+        // Under local exactly IRC and Ollama are open on the host; full opens every host port.
+        let (ollama, other) = (irc, policy == "full");
         let o = root
             .run_cmd(&ns, &["--policy", policy, "--", "sh", "-c", PROBE])
             .output()
@@ -80,8 +86,20 @@ fn policies_full_local_none_shape_guest_traffic() {
             out,
             "{policy}: outside: {stdout}"
         );
+        assert_eq!(
+            stdout.contains("ollama-hi"),
+            ollama,
+            "{policy}: host Ollama port: {stdout}"
+        );
+        assert_eq!(
+            stdout.contains("other-hi"),
+            other,
+            "{policy}: another host port: {stdout}"
+        );
         root.assert_no_leaks(&ns);
     }
     stop_irc.store(true, Ordering::SeqCst);
+    stop_ollama.store(true, Ordering::SeqCst);
+    stop_other.store(true, Ordering::SeqCst);
     stop_out.store(true, Ordering::SeqCst);
 }
