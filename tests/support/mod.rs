@@ -9,6 +9,8 @@ pub mod image;
 pub mod runtime;
 /// The thin pool's fixtures (kernel tier and the thin benchmark).
 pub mod thin;
+/// The system tier's Debian guest with systemd as PID 1, driven over SSH.
+pub mod system;
 /// The VM tests' guest fixture, namespace with a bridge, and temporary root.
 pub mod vm;
 
