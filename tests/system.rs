@@ -26,11 +26,11 @@ const SKIP_REASONS: &str = "firecracker: its release archive cannot be downloade
 /// Paths that change by themselves between two boots or are shadow-utils' backups, left out of
 /// the before/after comparison. Everything else under /etc, /var/lib and /usr/local counts.
 const VOLATILE: &[&str] = &[
-    "/var/lib/systemd/random-seed",     // rewritten at every boot and shutdown
-    "/var/lib/systemd/timers",          // timer units' last-trigger stamps
+    "/var/lib/systemd/random-seed", // rewritten at every boot and shutdown
+    "/var/lib/systemd/timers",      // timer units' last-trigger stamps
     "/var/lib/systemd/deb-systemd-helper-enabled", // untouched, but listed by package scripts only
-    "/etc/group-",                      // groupadd/groupdel keep the previous /etc/group here
-    "/etc/gshadow-",                    // likewise for /etc/gshadow
+    "/etc/group-",                  // groupadd/groupdel keep the previous /etc/group here
+    "/etc/gshadow-",                // likewise for /etc/gshadow
 ];
 
 /// Writes the state the comparison covers into /root/snap/NAME (outside the compared trees).
@@ -150,17 +150,21 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     let mut g = Guest::boot(src.path(), secs(40 * 60));
     let mut t = Laps(vec![("boot to SSH", g.boots[0])], Instant::now());
 
-    let state = g
-        .sh("systemctl is-system-running --wait", secs(180))
-        .stdout;
+    let state = g.sh("systemctl is-system-running --wait", secs(180)).stdout;
     assert_eq!(
         state.trim(),
         "running",
         "systemd as PID 1 did not reach `running`: {}",
         g.sh("systemctl --failed --no-pager", secs(30)).stdout
     );
-    assert_eq!(g.ok("readlink /proc/1/exe", secs(30)).trim(), "/usr/lib/systemd/systemd");
-    g.ok("mount -o ro /dev/vdb /mnt && test -x /mnt/fireclaw/install.sh", secs(30));
+    assert_eq!(
+        g.ok("readlink /proc/1/exe", secs(30)).trim(),
+        "/usr/lib/systemd/systemd"
+    );
+    g.ok(
+        "mount -o ro /dev/vdb /mnt && test -x /mnt/fireclaw/install.sh",
+        secs(30),
+    );
     // The operator's own files: a hand-written ngircd.conf and a tool of theirs in /usr/local/bin.
     g.ok(
         "printf '# the operator'\\''s own ngircd.conf\\n[Global]\\n    Name = irc.operator.example\\n' > /etc/ngircd/ngircd.conf
@@ -177,17 +181,27 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
         &format!("cd /mnt/fireclaw && FIRECLAW_BIN=/mnt/fireclaw/fireclaw ./install.sh --dry-run --skip {SKIP}"),
         secs(300),
     );
-    for want in ["network", "ip link add fcbr0 type bridge", "ngircd", "fireclaw.service"] {
+    for want in [
+        "network",
+        "ip link add fcbr0 type bridge",
+        "ngircd",
+        "fireclaw.service",
+    ] {
         assert!(dry.contains(want), "dry-run plan lacks {want:?}:\n{dry}");
     }
     g.ok(&snapshot_script("after-dry-run"), secs(300));
     let diff = compare(&mut g, "before", "after-dry-run");
-    assert!(diff.is_empty(), "install.sh --dry-run changed the guest:\n{diff}");
+    assert!(
+        diff.is_empty(),
+        "install.sh --dry-run changed the guest:\n{diff}"
+    );
     t.mark("dry-run");
 
     // Install, as an operator would.
     let install = g.sh(
-        &format!("cd /mnt/fireclaw && FIRECLAW_BIN=/mnt/fireclaw/fireclaw ./install.sh --skip {SKIP}"),
+        &format!(
+            "cd /mnt/fireclaw && FIRECLAW_BIN=/mnt/fireclaw/fireclaw ./install.sh --skip {SKIP}"
+        ),
         secs(600),
     );
     assert_eq!(install.code, Some(0), "install.sh:\n{install}");
@@ -196,7 +210,10 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     assert_eq!(active.stdout.split_whitespace().collect::<Vec<_>>(), ["active", "active"], "{active}\n{}",
         g.sh("systemctl status --no-pager fireclaw ngircd; journalctl -u fireclaw --no-pager | tail -50", secs(30)).stdout);
     let show = g.ok("systemctl show fireclaw -p Type -p KillMode", secs(30));
-    assert!(show.contains("Type=notify") && show.contains("KillMode=process"), "{show}");
+    assert!(
+        show.contains("Type=notify") && show.contains("KillMode=process"),
+        "{show}"
+    );
     let user = g.ok("ps -o user= -C ngircd | sort -u", secs(30));
     assert_eq!(user.trim(), "irc", "ngircd runs as Debian's unit runs it");
     let join = g.ok(IRC_JOIN, secs(60));
@@ -210,15 +227,27 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
 
     // A kept VM's VMM survives a restart of the unit and is re-adopted.
     let stand_in = g.ok(STAND_IN, secs(60)).trim().to_string();
-    let pid0 = g.ok("systemctl show -p MainPID --value fireclaw", secs(30)).trim().to_string();
+    let pid0 = g
+        .ok("systemctl show -p MainPID --value fireclaw", secs(30))
+        .trim()
+        .to_string();
     g.ok("systemctl restart fireclaw", secs(120));
-    let pid1 = g.ok("systemctl show -p MainPID --value fireclaw", secs(30)).trim().to_string();
+    let pid1 = g
+        .ok("systemctl show -p MainPID --value fireclaw", secs(30))
+        .trim()
+        .to_string();
     assert_ne!(pid0, pid1, "restart started a new runtime");
     g.ok(&format!("kill -0 {stand_in}"), secs(30));
     let ps = g.ok("fireclaw ps", secs(60));
-    assert!(ps.contains("5y5te0000001") && ps.contains("adopted"), "fireclaw ps:\n{ps}");
+    assert!(
+        ps.contains("5y5te0000001") && ps.contains("adopted"),
+        "fireclaw ps:\n{ps}"
+    );
     let journal = g.ok("journalctl -u fireclaw --no-pager -o cat", secs(60));
-    assert!(journal.contains("re-adopted kept VM 5y5te0000001"), "{journal}");
+    assert!(
+        journal.contains("re-adopted kept VM 5y5te0000001"),
+        "{journal}"
+    );
     t.mark("restart + re-adopt");
 
     // kill -9 of the runtime: systemd starts it again (Restart=on-failure), the VM stays.
@@ -234,7 +263,11 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     assert!(!back.trim().is_empty());
     g.ok(&format!("kill -0 {stand_in}"), secs(30));
     let restarts = g.ok("systemctl show -p NRestarts --value fireclaw", secs(30));
-    assert_eq!(restarts.trim(), "1", "systemd restarted the killed runtime once");
+    assert_eq!(
+        restarts.trim(),
+        "1",
+        "systemd restarted the killed runtime once"
+    );
     t.mark("kill -9");
 
     // Reboot: what the runtime re-creates at start, and ngircd, come back by themselves.
@@ -242,9 +275,18 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     t.0.push(("reboot to SSH", *g.boots.last().unwrap()));
     t.1 = Instant::now();
     let state = g.sh("systemctl is-system-running --wait", secs(180)).stdout;
-    assert_eq!(state.trim(), "running", "{}", g.sh("systemctl --failed --no-pager", secs(30)).stdout);
+    assert_eq!(
+        state.trim(),
+        "running",
+        "{}",
+        g.sh("systemctl --failed --no-pager", secs(30)).stdout
+    );
     let active = g.sh("systemctl is-active ngircd fireclaw", secs(30));
-    assert_eq!(active.stdout.split_whitespace().collect::<Vec<_>>(), ["active", "active"], "{active}");
+    assert_eq!(
+        active.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["active", "active"],
+        "{active}"
+    );
     let net = g.ok(
         "ip -br addr show fcbr0; sysctl -n net.ipv4.ip_forward; nft list table inet fireclaw",
         secs(30),
@@ -255,7 +297,10 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     let join = g.ok(IRC_JOIN, secs(60));
     assert!(join.contains("366"), "{join}");
     let journal = g.ok("journalctl -b -u fireclaw --no-pager -o cat", secs(60));
-    assert!(journal.contains("tore down dead VM 5y5te0000001"), "{journal}");
+    assert!(
+        journal.contains("tore down dead VM 5y5te0000001"),
+        "{journal}"
+    );
     t.mark("after reboot");
 
     // A second install.sh on an installed host changes nothing.
@@ -265,10 +310,17 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
         &format!("cd /mnt/fireclaw && FIRECLAW_BIN=/mnt/fireclaw/fireclaw ./install.sh --skip {SKIP} --detailed-exitcode"),
         secs(600),
     );
-    assert_eq!(again.code, Some(0), "a second install.sh planned changes:\n{again}");
+    assert_eq!(
+        again.code,
+        Some(0),
+        "a second install.sh planned changes:\n{again}"
+    );
     g.ok(&snapshot_script("installed-again"), secs(300));
     let diff = compare(&mut g, "installed", "installed-again");
-    assert!(diff.is_empty(), "a second install.sh changed the guest:\n{diff}");
+    assert!(
+        diff.is_empty(),
+        "a second install.sh changed the guest:\n{diff}"
+    );
     t.mark("second install.sh");
 
     // Uninstall: as before install.sh, the operator's own files untouched.
@@ -277,12 +329,19 @@ fn install_unit_restart_reboot_reinstall_uninstall_on_debian_with_systemd() {
     g.ok("sha256sum -c /root/operator.sha256", secs(30));
     g.ok(&snapshot_script("after-uninstall"), secs(300));
     let diff = compare(&mut g, "before", "after-uninstall");
-    assert!(diff.is_empty(), "uninstall.sh left the guest changed:\n{diff}");
+    assert!(
+        diff.is_empty(),
+        "uninstall.sh left the guest changed:\n{diff}"
+    );
     t.mark("uninstall.sh + compare");
 
     println!("system: timings (TCG guest, 2 vCPUs):");
     for (what, d) in &t.0 {
         println!("  {what:<28} {:>6.1} s", d.as_secs_f64());
     }
-    println!("  {:<28} {:>6.1} s", "total", started.elapsed().as_secs_f64());
+    println!(
+        "  {:<28} {:>6.1} s",
+        "total",
+        started.elapsed().as_secs_f64()
+    );
 }

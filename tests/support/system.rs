@@ -281,7 +281,10 @@ impl Guest {
             boots: Vec::new(),
         };
         g.wait_ssh(started, None);
-        g.ok("resize2fs /dev/vda >/dev/null 2>&1", Duration::from_secs(300));
+        g.ok(
+            "resize2fs /dev/vda >/dev/null 2>&1",
+            Duration::from_secs(300),
+        );
         g
     }
 
@@ -292,8 +295,8 @@ impl Guest {
     fn check_alive(&mut self) {
         if let Some(q) = self.qemu.as_mut() {
             if let Ok(Some(status)) = q.try_wait() {
-                let log = std::fs::read_to_string(self.work.path().join("qemu.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.work.path().join("qemu.log")).unwrap_or_default();
                 panic!(
                     "QEMU exited ({status}): {log}\nconsole:\n{}",
                     self.console()
@@ -314,31 +317,39 @@ impl Guest {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let secs = timeout.min(left).as_secs().max(1);
         let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "5", &secs.to_string(), "ip", "netns", "exec", &self.ns.name])
-            .arg("ssh")
-            .arg("-i")
-            .arg(&self.key)
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                &SSH_PORT.to_string(),
-                "root@127.0.0.1",
-                "bash -s",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-k",
+            "5",
+            &secs.to_string(),
+            "ip",
+            "netns",
+            "exec",
+            &self.ns.name,
+        ])
+        .arg("ssh")
+        .arg("-i")
+        .arg(&self.key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &SSH_PORT.to_string(),
+            "root@127.0.0.1",
+            "bash -s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("ssh");
         {
             use std::io::Write as _;
@@ -356,7 +367,10 @@ impl Guest {
     }
 
     pub fn boot_id(&mut self) -> Option<String> {
-        let out = self.sh("cat /proc/sys/kernel/random/boot_id", Duration::from_secs(30));
+        let out = self.sh(
+            "cat /proc/sys/kernel/random/boot_id",
+            Duration::from_secs(30),
+        );
         (out.code == Some(0)).then(|| out.stdout.trim().to_string())
     }
 
