@@ -55,13 +55,18 @@ nft -j list ruleset | python3 -c 'import json,sys; print(json.dumps([o for o in 
     )
 }
 
-/// `diff -ru` of two snapshots; empty when they are equal.
+/// `diff -ru` of two snapshots; empty when they are equal. Both must exist (diff exits 2 on
+/// trouble, which is a failure here, never an empty difference).
 fn compare(g: &mut Guest, a: &str, b: &str) -> String {
-    g.sh(
+    let out = g.sh(
         &format!("diff -ru /root/snap/{a} /root/snap/{b}"),
         Duration::from_secs(60),
-    )
-    .stdout
+    );
+    assert!(
+        matches!(out.code, Some(0) | Some(1)),
+        "comparing snapshots {a} and {b}: {out}"
+    );
+    out.stdout
 }
 
 /// Joins `#agents` on the bridge address with a plain IRC client and waits for the end of NAMES.
