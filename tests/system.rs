@@ -28,9 +28,13 @@ const SKIP_REASONS: &str = "firecracker: its release archive cannot be downloade
 const VOLATILE: &[&str] = &[
     "/var/lib/systemd/random-seed", // rewritten at every boot and shutdown
     "/var/lib/systemd/timers",      // timer units' last-trigger stamps
-    "/var/lib/systemd/deb-systemd-helper-enabled", // untouched, but listed by package scripts only
-    "/etc/group-",                  // groupadd/groupdel keep the previous /etc/group here
-    "/etc/gshadow-",                // likewise for /etc/gshadow
+    "/var/lib/systemd/deb-systemd-helper-enabled", // package scripts' record; fireclaw never writes it (cautious)
+    "/etc/group-",   // groupadd/groupdel keep the previous /etc/group here
+    "/etc/gshadow-", // likewise for /etc/gshadow
+    // SQLite's write-ahead log and shared-memory index: the running runtime opens and closes the
+    // database, so they come and go (the database itself is compared)
+    "/var/lib/fireclaw/state.db-wal",
+    "/var/lib/fireclaw/state.db-shm",
 ];
 
 /// Writes the state the comparison covers into /root/snap/NAME (outside the compared trees).
