@@ -251,6 +251,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../rootfs-recipes/debian-test.toml"),
     ),
     (
+        "debian-systemd.toml",
+        include_str!("../../rootfs-recipes/debian-systemd.toml"),
+    ),
+    (
         "files/fireclaw-init",
         include_str!("../../rootfs-recipes/files/fireclaw-init"),
     ),

@@ -677,6 +677,13 @@ mod tests {
             systemctl_inverse(&args),
             vec!["disable", "fireclaw.service"]
         );
+        let now: Vec<String> = ["enable", "--now", "fireclaw.service"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            systemctl_inverse(&now),
+            vec!["disable", "--now", "fireclaw.service"]
+        );
         let reload = vec!["daemon-reload".to_string()];
         assert_eq!(systemctl_inverse(&reload), reload);
     }

@@ -79,7 +79,7 @@ impl Step for Unit {
     }
 
     fn summary(&self) -> &'static str {
-        "fireclaw.service running `fireclaw runtime` (enabled when systemd is PID 1)"
+        "fireclaw.service running `fireclaw runtime` (enabled and started when systemd is PID 1)"
     }
 
     fn plan(&self, ctx: &Ctx) -> anyhow::Result<StepPlan> {
@@ -127,9 +127,12 @@ impl Step for Unit {
             plan.actions.push(a);
         }
         if active {
+            // `--now`: an operator who ran install.sh expects the service to run, not to wait
+            // for the next boot (the system tier found it enabled and inactive); the undo is
+            // `disable --now`, which stops it again.
             if !is_enabled(UNIT_NAME) {
                 plan.actions.push(Action::Systemctl {
-                    args: vec!["enable".into(), UNIT_NAME.into()],
+                    args: vec!["enable".into(), "--now".into(), UNIT_NAME.into()],
                 });
             }
         } else {

@@ -53,6 +53,32 @@ pub fn startup(service: &Service) -> Vec<String> {
     lines
 }
 
+/// After a reboot ngircd starts before the runtime puts the bridge address back, so it could not
+/// listen on it (it says so in its log and serves loopback only; the system tier found this). When
+/// the address was re-added on a host whose ngircd provision configured, ask systemd to restart
+/// ngircd, without waiting: `fireclaw.service` is ordered after it.
+fn rebind_ngircd(host: &Host, db: &crate::state::Db) -> anyhow::Result<Option<String>> {
+    if !host.root.is_system()
+        || !std::path::Path::new("/run/systemd/system").is_dir()
+        || db.step_completed_at("ngircd")?.is_none()
+    {
+        return Ok(None);
+    }
+    let out = std::process::Command::new("systemctl")
+        .args(["--no-block", "try-restart", "ngircd.service"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(Some(
+            "ngircd restarted to listen on the bridge address".into(),
+        )),
+        Ok(o) => anyhow::bail!(
+            "systemctl try-restart ngircd.service: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => anyhow::bail!("running systemctl: {e}"),
+    }
+}
+
 /// The bridge, its address and state, forwarding and the nft table, when provision's network
 /// step completed (a host provisioned with `--skip network` has none of them to put back).
 pub fn restore_network(host: &Host) -> anyhow::Result<Vec<String>> {
@@ -63,6 +89,14 @@ pub fn restore_network(host: &Host) -> anyhow::Result<Vec<String>> {
     let n = &host.config.network;
     let cidr = Ipv4Cidr::parse(&n.address).map_err(anyhow::Error::msg)?;
     let mut done = nethost::ensure_bridge(&n.bridge, &cidr)?;
+    if done.iter().any(|d| d.starts_with("added ")) {
+        // A failure here must not keep forwarding and the nft table from coming back.
+        match rebind_ngircd(host, &db) {
+            Ok(Some(line)) => done.push(line),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("start-up: ngircd: {e:#}"),
+        }
+    }
     if n.nat && nethost::ensure_forwarding()? {
         done.push(format!("{}=1", nethost::FORWARD_SYSCTL));
     }

@@ -7,6 +7,8 @@ pub mod guest;
 pub mod image;
 /// The runtime's tests: the socket group, a started runtime.
 pub mod runtime;
+/// The system tier's Debian guest with systemd as PID 1, driven over SSH.
+pub mod system;
 /// The thin pool's fixtures (kernel tier and the thin benchmark).
 pub mod thin;
 /// The VM tests' guest fixture, namespace with a bridge, and temporary root.
