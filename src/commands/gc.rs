@@ -6,7 +6,7 @@ use crate::storage::thin::{self, store, ThinEngine};
 use crate::vm::{self, record};
 
 pub fn run(env: &Env, args: &GcArgs) -> anyhow::Result<i32> {
-    let host = super::run::host(env)?;
+    let host = super::engines::host(env)?;
     if args.dry_run {
         let Some(db) = env.open_db_read_only()? else {
             if args.json {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod completions;
 pub mod config;
 pub mod doctor;
+pub mod engines;
 pub mod exec;
 pub mod gc;
 pub mod image;

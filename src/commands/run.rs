@@ -13,9 +13,7 @@ use crate::vm::image::{self, Overrides};
 use crate::vm::ssh::{self, Exit};
 use crate::vm::supervise::{self, Event, Job, Outcome, RunReport, Stop};
 use crate::vm::{self, Host, LaunchOptions};
-use crate::vmm::firecracker::Jailer;
-use crate::vmm::qemu::{Accel, QemuOptions};
-use crate::vmm::{Boot, EngineOptions, VmmKind};
+use crate::vmm::Boot;
 
 /// Exit code when the timeout ends the run (as timeout(1) does).
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -36,74 +34,6 @@ struct Summary {
     total_ms: u64,
     exit_code: i32,
     outcome: String,
-}
-
-pub fn host(env: &Env) -> anyhow::Result<Host> {
-    Ok(Host {
-        root: env.root.clone(),
-        config: env.config.clone(),
-        db_path: env.db_path(),
-        engines: engine_options(env)?,
-    })
-}
-
-/// The engines as provision installed them, with the environment's overrides:
-/// `FIRECLAW_FIRECRACKER=PATH` (the binary) and `FIRECLAW_JAILER=UID:GID` (run it under
-/// `<bin_dir>/jailer`, chroots in /srv/jailer, the jailer's default).
-pub fn engine_options(env: &Env) -> anyhow::Result<EngineOptions> {
-    engine_options_from(&env.root.host(&env.config.paths.bin_dir), |k| {
-        std::env::var_os(k)
-    })
-}
-
-fn engine_options_from(
-    bin_dir: &std::path::Path,
-    var: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> anyhow::Result<EngineOptions> {
-    let mut opts = EngineOptions::installed(bin_dir);
-    opts.qemu = qemu_options(&var)?;
-    if let Some(fc) = var("FIRECLAW_FIRECRACKER") {
-        opts.firecracker.binary = fc.into();
-    }
-    if let Some(v) = var("FIRECLAW_JAILER") {
-        let v = v.to_string_lossy();
-        let ids = v
-            .split_once(':')
-            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
-        let Some((uid, gid)) = ids else {
-            anyhow::bail!("FIRECLAW_JAILER must be UID:GID (two numbers), got {v:?}");
-        };
-        opts.firecracker.jailer = Some(Jailer {
-            binary: bin_dir.join("jailer"),
-            uid,
-            gid,
-            chroot_base: "/srv/jailer".into(),
-        });
-    }
-    Ok(opts)
-}
-
-/// The QEMU settings `fireclaw run` takes from its environment (documented in docs/run.md):
-/// `FIRECLAW_QEMU` (the binary), `FIRECLAW_QEMU_ACCEL=kvm|tcg`, `FIRECLAW_QEMU_ACPI=on|off`.
-fn qemu_options(var: &impl Fn(&str) -> Option<std::ffi::OsString>) -> anyhow::Result<QemuOptions> {
-    let text = |k: &str| var(k).map(|v| v.to_string_lossy().into_owned());
-    let mut o = QemuOptions::default();
-    if let Some(b) = var("FIRECLAW_QEMU").filter(|b| !b.is_empty()) {
-        o.binary = b.into();
-    }
-    if let Some(a) = text("FIRECLAW_QEMU_ACCEL").filter(|a| !a.is_empty()) {
-        o.accel = Some(Accel::parse(&a).with_context(|| {
-            format!("FIRECLAW_QEMU_ACCEL is {a:?}; expected `kvm` or `tcg` (or unset to detect)")
-        })?);
-    }
-    if let Some(v) = text("FIRECLAW_QEMU_ACPI") {
-        o.acpi = match v.as_str() {
-            "on" | "" => true,
-            "off" => false,
-            other => anyhow::bail!("FIRECLAW_QEMU_ACPI is {other:?}; expected `on` or `off`"),
-        };
-    }
-    Ok(o)
 }
 
 /// Runs the command; every error is fireclaw's own and is printed here as exit code 125.
@@ -285,7 +215,7 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
     }
     // Before anything opens (and so creates) the state database.
     env.require_provisioned()?;
-    let host = host(env)?;
+    let host = super::engines::host(env)?;
     // Leftovers of a fireclaw that was killed: clean them before making more.
     let report = vm::gc(&host, false, None).context("cleaning up after an earlier fireclaw")?;
     if !report.removed.is_empty() {
@@ -298,7 +228,7 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
     for e in &report.errors {
         eprintln!("warning: {e}");
     }
-    let vmm = args.vmm.unwrap_or_else(|| default_vmm(env));
+    let vmm = args.vmm.unwrap_or_else(|| super::engines::default_vmm(env));
     let image = image::resolve(
         &args.image,
         &env.root.host(&env.config.paths.image_dir),
@@ -317,15 +247,6 @@ fn prepare(env: &Env, args: &RunArgs) -> anyhow::Result<(Host, LaunchOptions)> {
         extra_disk: None,
     };
     Ok((host, opts))
-}
-
-pub fn default_vmm(env: &Env) -> VmmKind {
-    let fc = env.root.host(&env.config.paths.bin_dir).join("firecracker");
-    if fc.exists() {
-        VmmKind::Firecracker
-    } else {
-        VmmKind::Qemu
-    }
 }
 
 fn signal_name(n: i32) -> &'static str {
@@ -462,34 +383,6 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_options_come_from_the_caller_and_bad_jailer_ids_are_errors() {
-        let bin = std::path::Path::new("/opt/fc");
-        let none = engine_options_from(bin, |_| None).unwrap();
-        assert_eq!(none.firecracker.binary, bin.join("firecracker"));
-        assert!(none.firecracker.jailer.is_none());
-        let set = engine_options_from(bin, |k| match k {
-            "FIRECLAW_FIRECRACKER" => Some("/x/firecracker-v1.16.1-x86_64".into()),
-            "FIRECLAW_JAILER" => Some("123:456".into()),
-            _ => None,
-        })
-        .unwrap();
-        let j = set.firecracker.jailer.unwrap();
-        assert_eq!((j.uid, j.gid, j.binary), (123, 456, bin.join("jailer")));
-        assert_eq!(
-            set.firecracker.binary,
-            std::path::PathBuf::from("/x/firecracker-v1.16.1-x86_64")
-        );
-        for bad in ["123", "a:b", "1:2:3", ""] {
-            let e = engine_options_from(bin, |k| (k == "FIRECLAW_JAILER").then(|| bad.into()))
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains("FIRECLAW_JAILER must be UID:GID"), "{bad}: {e}");
-        }
-    }
 
     use crate::cli::{Cli, Command};
     use clap::Parser;
@@ -504,37 +397,6 @@ mod tests {
             }) => Ok(r),
             Ok(_) => Err("not run".into()),
             Err(e) => Err(e.to_string()),
-        }
-    }
-
-    #[test]
-    fn qemu_environment_becomes_explicit_options() {
-        use crate::vmm::qemu::{Accel, QemuOptions};
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| std::ffi::OsString::from(v))
-            }
-        };
-        assert_eq!(
-            super::qemu_options(&env(&[])).unwrap(),
-            QemuOptions::default()
-        );
-        let o = super::qemu_options(&env(&[
-            ("FIRECLAW_QEMU", "/opt/qemu"),
-            ("FIRECLAW_QEMU_ACCEL", "tcg"),
-            ("FIRECLAW_QEMU_ACPI", "off"),
-        ]))
-        .unwrap();
-        assert_eq!(o.binary, std::path::PathBuf::from("/opt/qemu"));
-        assert_eq!(o.accel, Some(Accel::Tcg));
-        assert!(!o.acpi);
-        for (k, v) in [("FIRECLAW_QEMU_ACCEL", "hvf"), ("FIRECLAW_QEMU_ACPI", "no")] {
-            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(k, v)]));
-            let err = super::qemu_options(&env(pairs)).unwrap_err().to_string();
-            assert!(err.contains(k) && err.contains(v), "{err}");
         }
     }
 

@@ -20,7 +20,7 @@ pub fn run(env: &Env, _args: &RuntimeArgs, config_path: Option<&Path>) -> anyhow
         config: env.config.clone(),
         config_path: config_path.map(Path::to_path_buf),
         db_path: env.db_path(),
-        engines: super::run::engine_options(env)?,
+        engines: super::engines::engine_options(env)?,
     })?;
     Ok(0)
 }

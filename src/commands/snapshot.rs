@@ -19,7 +19,7 @@ pub fn run(env: &Env, args: &SnapshotArgs) -> anyhow::Result<i32> {
         anyhow::bail!("fireclaw snapshot reads the state database and boots VMs: run it with sudo");
     }
     env.require_provisioned()?;
-    let host = super::run::host(env)?;
+    let host = super::engines::host(env)?;
     match &args.command {
         SnapshotCommand::Ls(flag) => {
             let rows = store::list(&host.db()?)?;
@@ -70,7 +70,7 @@ fn build(env: &Env, host: &crate::vm::Host, b: &SnapshotBuildArgs) -> anyhow::Re
     )?;
     let recipe = Recipe {
         image,
-        vmm: b.vmm.unwrap_or_else(|| super::run::default_vmm(env)),
+        vmm: b.vmm.unwrap_or_else(|| super::engines::default_vmm(env)),
         vcpus: b.cpus.unwrap_or(env.config.pool.vcpus),
         mem_mib: b.mem.unwrap_or(env.config.pool.mem_mib),
     };

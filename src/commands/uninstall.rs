@@ -164,6 +164,6 @@ fn teardown_vms(env: &Env, vms: &[VmRecord]) -> anyhow::Result<Vec<String>> {
     for v in vms {
         eprintln!("  {} ({}, tap {})", v.id, v.state, v.tap);
     }
-    let report = crate::vm::gc(&super::run::host(env)?, true, None)?;
+    let report = crate::vm::gc(&super::engines::host(env)?, true, None)?;
     Ok(report.errors)
 }
