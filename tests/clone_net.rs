@@ -362,6 +362,7 @@ impl World {
             snapshot: SnapshotNet::new("fc-snap", Ipv4Cidr::parse("172.16.0.1/24").unwrap(), GUEST)
                 .unwrap(),
             guest_link: GuestLink::Veth { peer: PEER.into() },
+            max_vms: 32,
         }
     }
 }

@@ -41,9 +41,10 @@ fn candidates(bridge: &Ipv4Cidr) -> impl Iterator<Item = Ipv4Addr> + '_ {
         .filter(move |ip| *ip != bridge.addr)
 }
 
-/// Leases the lowest free address for `vm_id`, unless `max_vms` VMs already hold one. Every live
-/// VM holds a lease, so the count and the new lease are taken in one write transaction: two
-/// processes creating VMs at once cannot both see room for one more.
+/// Leases the lowest free address for `vm_id`, unless `max_vms` VMs already live. Every live VM
+/// holds a lease (booted) or a clone slot (restored; see `net::slot::store::take_for_vm`), so the
+/// count and the new lease are taken in one write transaction: two processes creating VMs at
+/// once cannot both see room for one more.
 pub fn allocate(
     db: &Db,
     bridge: &Ipv4Cidr,
@@ -71,8 +72,10 @@ fn allocate_locked(
     max_vms: u32,
 ) -> Result<Lease, LeaseError> {
     let conn = db.conn();
+    // Live VMs: booted ones hold a lease, clones restored from a snapshot hold a clone slot.
     let live: u64 = conn.query_row(
-        "SELECT COUNT(*) FROM leases WHERE vm_id != ?1",
+        "SELECT (SELECT COUNT(*) FROM leases WHERE vm_id != ?1)
+              + (SELECT COUNT(*) FROM net_slots WHERE state = 'in_use' AND vm_id != ?1)",
         [vm_id],
         |r| r.get(0),
     )?;

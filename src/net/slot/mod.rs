@@ -49,6 +49,8 @@ pub enum SlotError {
     Host { what: String, detail: String },
     #[error("clone slots: {0}")]
     Config(String),
+    #[error("{live} VMs are running, the most this host allows (pool.max_vms = {max} in fireclaw.toml); wait for one to end, remove kept ones with `fireclaw gc --all`, or raise pool.max_vms")]
+    TooManyVms { max: u32, live: u64 },
 }
 
 fn host_err(what: impl Into<String>, detail: impl std::fmt::Display) -> SlotError {
@@ -71,6 +73,9 @@ pub struct SlotConfig {
     pub services: HostServices,
     pub snapshot: SnapshotNet,
     pub guest_link: GuestLink,
+    /// `pool.max_vms`: a slot is handed to a clone only while fewer VMs live (booted VMs'
+    /// leases and clones' slots together).
+    pub max_vms: u32,
 }
 
 impl SlotConfig {
@@ -94,6 +99,7 @@ impl SlotConfig {
             },
             snapshot,
             guest_link: GuestLink::Tap,
+            max_vms: config.pool.max_vms,
         })
     }
 }
@@ -492,15 +498,16 @@ impl SlotPool {
         let slot = self.ready[policy_slot(policy)]
             .pop_front()
             .ok_or(SlotError::Empty(policy.as_str()))?;
-        match store::transition(
-            &self.maker.db,
-            slot.index,
-            SlotState::Ready,
-            SlotState::InUse,
-            Some(vm_id),
-        ) {
-            Ok(true) => Ok(slot),
-            Ok(false) => {
+        match store::take_for_vm(&self.maker.db, slot.index, vm_id, self.maker.cfg.max_vms) {
+            Ok(store::Taken::Taken) => Ok(slot),
+            Ok(store::Taken::Full { live }) => {
+                self.ready[policy_slot(policy)].push_front(slot);
+                Err(SlotError::TooManyVms {
+                    max: self.maker.cfg.max_vms,
+                    live,
+                })
+            }
+            Ok(store::Taken::Lost) => {
                 // Its row is gone or moved on (a reconcile meanwhile): never hand it out, and
                 // do not tear it down either, as its index may already name a newer slot.
                 tracing::warn!(slot = %slot.ns, "prepared slot lost its row; dropped from the pool");

@@ -157,6 +157,48 @@ pub fn transition(
         .map_err(|e| sqlite(db.path(), e))
 }
 
+/// What [`take_for_vm`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Taken,
+    /// The row is gone or no longer ready (released or reconciled meanwhile).
+    Lost,
+    /// `live` VMs already run, `pool.max_vms` or more.
+    Full {
+        live: u64,
+    },
+}
+
+/// Hands ready slot `index` to `vm_id`, unless `max_vms` VMs already live: the count (leases of
+/// booted VMs, slots of clones) and the hand-out are one write transaction, as for leases.
+pub fn take_for_vm(db: &Db, index: u32, vm_id: &str, max_vms: u32) -> Result<Taken, StateError> {
+    let conn = db.conn();
+    let err = |e| sqlite(db.path(), e);
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    let result = (|| {
+        let live: u64 = conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM leases) + (SELECT COUNT(*) FROM net_slots WHERE state = 'in_use')",
+            [],
+            |r| r.get(0),
+        )?;
+        if live >= u64::from(max_vms) {
+            return Ok(Taken::Full { live });
+        }
+        let n = conn.execute(
+            "UPDATE net_slots SET state = 'in_use', vm_id = ?2 WHERE idx = ?1 AND state = 'ready'",
+            rusqlite::params![index, vm_id],
+        )?;
+        Ok(if n == 1 { Taken::Taken } else { Taken::Lost })
+    })();
+    let end = if matches!(result, Ok(Taken::Taken)) {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let _ = conn.execute_batch(end);
+    result.map_err(err)
+}
+
 /// Marks slot `index` as being torn down, whatever state it was in (keeping its `vm_id`).
 pub fn mark_releasing(db: &Db, index: u32) -> Result<(), StateError> {
     db.conn()
@@ -292,6 +334,44 @@ mod tests {
         assert_eq!(
             get(&db, a.index).unwrap().unwrap().state,
             Some(SlotState::Releasing)
+        );
+    }
+
+    #[test]
+    fn clones_and_booted_vms_share_pool_max_vms() {
+        let (_d, db) = db();
+        let range = CloneRange::parse("10.200.0.0/16").unwrap();
+        let mut slots = Vec::new();
+        for _ in 0..3 {
+            let s = allocate(&db, &range, DEFAULT_NS_PREFIX, Policy::Full).unwrap();
+            assert!(transition(&db, s.index, SlotState::Creating, SlotState::Ready, None).unwrap());
+            slots.push(s);
+        }
+        let bridge = crate::net::Ipv4Cidr::parse("172.16.0.1/24").unwrap();
+        // One booted VM and one clone: a limit of 3 leaves room for one more of either kind.
+        crate::net::lease::allocate(&db, &bridge, "booted", 3).unwrap();
+        assert_eq!(
+            take_for_vm(&db, slots[0].index, "clone-a", 3).unwrap(),
+            Taken::Taken
+        );
+        assert_eq!(
+            take_for_vm(&db, slots[1].index, "clone-b", 3).unwrap(),
+            Taken::Taken
+        );
+        assert_eq!(
+            take_for_vm(&db, slots[2].index, "clone-c", 3).unwrap(),
+            Taken::Full { live: 3 }
+        );
+        assert_eq!(
+            get(&db, slots[2].index).unwrap().unwrap().state,
+            Some(SlotState::Ready)
+        );
+        let err = crate::net::lease::allocate(&db, &bridge, "booted-2", 3).unwrap_err();
+        assert!(err.to_string().contains("pool.max_vms = 3"), "{err}");
+        // A slot taken twice is lost, not handed out again.
+        assert_eq!(
+            take_for_vm(&db, slots[0].index, "clone-d", 10).unwrap(),
+            Taken::Lost
         );
     }
 
