@@ -43,7 +43,12 @@ fn parse_origin(stderr: &str) -> Option<(String, String)> {
         .lines()
         .find(|l| l.contains(" from the runtime (origin "))?;
     let id = line.split("VM ").nth(1)?.split(' ').next()?.to_string();
-    let origin = line.split("(origin ").nth(1)?.split(')').next()?.to_string();
+    let origin = line
+        .split("(origin ")
+        .nth(1)?
+        .split(')')
+        .next()?
+        .to_string();
     Some((id, origin))
 }
 
@@ -88,8 +93,16 @@ fn check_sample(db: &fireclaw::state::Db, seen: &mut Sampled) {
             continue;
         };
         claim(format!("slot ns {}", s.ns), id, &mut seen.collisions);
-        claim(format!("slot veth {}", s.host_veth), id, &mut seen.collisions);
-        claim(format!("slot address {}", s.outside), id, &mut seen.collisions);
+        claim(
+            format!("slot veth {}", s.host_veth),
+            id,
+            &mut seen.collisions,
+        );
+        claim(
+            format!("slot address {}", s.outside),
+            id,
+            &mut seen.collisions,
+        );
         claim(format!("slot of {id}"), &s.ns, &mut seen.collisions);
     }
 }
