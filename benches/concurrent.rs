@@ -58,19 +58,20 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Records any value two live VMs share: ids, addresses, host taps (VMs outside a slot: the
-/// clones' tap lives in their slot's namespace under the snapshot's name), and slots' namespaces,
-/// host veths and outside addresses.
+/// Records any value two live VMs share: addresses and leases, host taps (of VMs with a lease:
+/// a clone's row names the snapshot's tap, which lives in its slot's namespace), and slots'
+/// namespaces, host veths and outside addresses.
 fn check_sample(db: &fireclaw::state::Db, seen: &mut Sampled) {
-    let (Ok(vms), Ok(slots)) = (
+    let (Ok(vms), Ok(slots), Ok(leases)) = (
         fireclaw::vm::record::list(db),
         fireclaw::net::slot::store::list(db),
+        fireclaw::net::lease::list(db),
     ) else {
         return;
     };
     seen.samples += 1;
     seen.peak_live = seen.peak_live.max(vms.len());
-    let in_slot: BTreeSet<&str> = slots.iter().filter_map(|s| s.vm_id.as_deref()).collect();
+    let on_bridge: BTreeSet<&str> = leases.iter().map(|l| l.vm_id.as_str()).collect();
     let mut keys: BTreeMap<String, String> = BTreeMap::new();
     let mut claim = |key: String, id: &str, collisions: &mut Vec<String>| {
         if let Some(other) = keys.insert(key.clone(), id.to_string()) {
@@ -84,9 +85,12 @@ fn check_sample(db: &fireclaw::state::Db, seen: &mut Sampled) {
         if let Some(ip) = v.ip {
             claim(format!("address {ip}"), &v.id, &mut seen.collisions);
         }
-        if !in_slot.contains(v.id.as_str()) {
+        if on_bridge.contains(v.id.as_str()) {
             claim(format!("tap {}", v.tap), &v.id, &mut seen.collisions);
         }
+    }
+    for l in &leases {
+        claim(format!("lease {}", l.ip), &l.vm_id, &mut seen.collisions);
     }
     for s in &slots {
         let Some(id) = s.vm_id.as_deref() else {
@@ -249,28 +253,6 @@ fn main() {
     let unsampled = ids.iter().filter(|id| !sampled.ids.contains(**id)).count();
     failures.extend(sampled.collisions.iter().cloned());
 
-    let (exit, log) = rt.stop();
-    assert!(exit.success(), "the runtime failed on SIGTERM:\n{log}");
-    let slots_left = root
-        .db()
-        .map(|db| fireclaw::net::slot::store::list(&db).unwrap().len())
-        .unwrap_or(0);
-    assert_eq!(slots_left, 0, "slot rows left after SIGTERM");
-    let links = sh_ok(&format!("ip -n {} -o link show", ns.name));
-    assert!(!links.contains(": fcv"), "slot veths left: {links}");
-    let new_ns: Vec<_> = slot_namespaces()
-        .difference(&slot_ns_before)
-        .cloned()
-        .collect();
-    assert!(new_ns.is_empty(), "slot namespaces left: {new_ns:?}");
-    root.assert_no_leaks(&ns);
-    assert!(
-        failures.is_empty(),
-        "{} of {n} runs failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-
     let mut lat: Vec<u64> = outcomes.iter().map(|o| o.latency_ms).collect();
     lat.sort();
     let mut origins: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
@@ -285,7 +267,8 @@ fn main() {
         "QEMU ({accel:?}), 1 vCPU, 256 MiB; runtime with warm_per_image = {warm}, max_vms = {max_vms} (pool filled in {fill_ms} ms)"
     );
     println!(
-        "{n} concurrent `fireclaw run -- sh -c 'exit K'`: all exit codes right, {} distinct VMs",
+        "{n} concurrent `fireclaw run -- sh -c 'exit K'`: {} failures, {} distinct VMs",
+        failures.len(),
         ids.len()
     );
     println!(
@@ -311,8 +294,32 @@ fn main() {
         );
     }
     println!(
-        "  most VMs alive at once: {} ({} database samples, no id/address/tap/slot shared; {unsampled} runs' VMs lived between samples)",
-        sampled.peak_live, sampled.samples
+        "  most VMs alive at once: {} ({} database samples, {} shared address/lease/tap/slot; {unsampled} runs' VMs lived between samples)",
+        sampled.peak_live,
+        sampled.samples,
+        sampled.collisions.len()
     );
+    let (exit, log) = rt.stop();
+    assert!(exit.success(), "the runtime failed on SIGTERM:\n{log}");
+    let slots_left = root
+        .db()
+        .map(|db| fireclaw::net::slot::store::list(&db).unwrap().len())
+        .unwrap_or(0);
+    assert_eq!(slots_left, 0, "slot rows left after SIGTERM");
+    let links = sh_ok(&format!("ip -n {} -o link show", ns.name));
+    assert!(!links.contains(": fcv"), "slot veths left: {links}");
+    let new_ns: Vec<_> = slot_namespaces()
+        .difference(&slot_ns_before)
+        .cloned()
+        .collect();
+    assert!(new_ns.is_empty(), "slot namespaces left: {new_ns:?}");
+    root.assert_no_leaks(&ns);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} runs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
     println!("  after SIGTERM: no tap, slot, slot namespace, lease, VM row, disk or process left");
 }
