@@ -5,55 +5,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use fireclaw::runtime::client::Client;
-use fireclaw_proto::control::{Origin, RunRequest, RunResult, RuntimeStatus};
-use support::runtime::{GroupGuard, Runtime};
+use fireclaw_proto::control::{Origin, RunRequest, RunResult};
+use support::runtime::{install_manifest, wait_ready, GroupGuard, Runtime};
 use support::vm::*;
-
-/// The image's manifest (and the files it names beside it) under the root's image directory.
-fn install_manifest(root: &Path, manifest: &Path) -> String {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let name = m["name"].as_str().unwrap().to_string();
-    let images = root.join("var/lib/fireclaw/images");
-    std::fs::create_dir_all(&images).unwrap();
-    std::os::unix::fs::symlink(manifest, images.join(format!("{name}.manifest.json"))).unwrap();
-    if let Some(image) = m["image"].as_str().filter(|i| !i.starts_with('/')) {
-        std::os::unix::fs::symlink(manifest.parent().unwrap().join(image), images.join(image))
-            .unwrap();
-    }
-    name
-}
-
-fn status(client: &Client) -> RuntimeStatus {
-    fireclaw::runtime::client::block_on(client.json::<RuntimeStatus>(
-        hyper::Method::GET,
-        "/v1/status",
-        None,
-    ))
-    .unwrap()
-    .unwrap()
-}
-
-fn ready(client: &Client) -> u32 {
-    status(client).pools.iter().map(|p| p.ready).sum()
-}
-
-/// Waits until the pool has `n` ready VMs, failing with the runtime's log.
-fn wait_ready(client: &Client, rt: &Runtime, n: u32, timeout: Duration) {
-    let start = std::time::Instant::now();
-    while ready(client) != n {
-        assert!(
-            start.elapsed() < timeout,
-            "the pool did not reach {n} ready VMs within {timeout:?}:\n{}",
-            rt.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The id of the VM `/v1/vms` lists with origin `pool`, if any.
 fn pooled_vm(client: &Client) -> Option<String> {

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fireclaw::runtime::client::Client;
+use fireclaw_proto::control::RuntimeStatus;
+
 use super::run_ok;
 
 /// The `fireclaw` group for the duration of the tests that need it: created when missing and
@@ -154,5 +157,47 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) {
             "condition not met within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The image's manifest (and the files it names beside it) under the root's image directory.
+pub fn install_manifest(root: &Path, manifest: &Path) -> String {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let name = m["name"].as_str().unwrap().to_string();
+    let images = root.join("var/lib/fireclaw/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::os::unix::fs::symlink(manifest, images.join(format!("{name}.manifest.json"))).unwrap();
+    if let Some(image) = m["image"].as_str().filter(|i| !i.starts_with('/')) {
+        std::os::unix::fs::symlink(manifest.parent().unwrap().join(image), images.join(image))
+            .unwrap();
+    }
+    name
+}
+
+pub fn status(client: &Client) -> RuntimeStatus {
+    fireclaw::runtime::client::block_on(client.json::<RuntimeStatus>(
+        hyper::Method::GET,
+        "/v1/status",
+        None,
+    ))
+    .unwrap()
+    .unwrap()
+}
+
+pub fn ready(client: &Client) -> u32 {
+    status(client).pools.iter().map(|p| p.ready).sum()
+}
+
+/// Waits until the pool has `n` ready VMs, failing with the runtime's log.
+pub fn wait_ready(client: &Client, rt: &Runtime, n: u32, timeout: Duration) {
+    let start = std::time::Instant::now();
+    while ready(client) != n {
+        assert!(
+            start.elapsed() < timeout,
+            "the pool did not reach {n} ready VMs within {timeout:?}:\n{}",
+            rt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
