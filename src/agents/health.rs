@@ -152,13 +152,17 @@ impl Checker {
             if let Some(why) = m.vmm_exited(&h, &id) {
                 return Finding::Dead(why);
             }
-            match launch::exec(&h, &id, &format!("fireclaw-guest health && {DRAIN}")) {
-                Ok((0, out)) => Finding::Healthy(parse_drain(&out)),
-                Ok((code, out)) => Finding::Missed(format!(
-                    "exit {code}: {}",
-                    out.lines().last().unwrap_or("").trim()
-                )),
-                Err(e) => Finding::Missed(format!("{e:#}")),
+            let missed = match launch::exec(&h, &id, &format!("fireclaw-guest health && {DRAIN}")) {
+                Ok((0, out)) => return Finding::Healthy(parse_drain(&out)),
+                Ok((code, out)) => {
+                    format!("exit {code}: {}", out.lines().last().unwrap_or("").trim())
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            // The VMM may have died while the probe ran: that is a death, not a miss.
+            match m.vmm_exited(&h, &id) {
+                Some(why) => Finding::Dead(why),
+                None => Finding::Missed(missed),
             }
         })
         .await;

@@ -125,7 +125,7 @@ pub fn start(host: &Host, row: &AgentRow, tpl: &Template) -> anyhow::Result<Kept
     let configured = block_on(async {
         let session = ssh::wait_ready(&target, Instant::now() + BOOT_TIMEOUT).await?;
         let r = write_config(&session, &config).await;
-        session.close().await;
+        close(session).await;
         r
     })?;
     if let Err(e) = configured {
@@ -161,6 +161,12 @@ async fn write_config(session: &ssh::Session, config: &AgentConfig) -> anyhow::R
         anyhow::bail!("writing {CONFIG_PATH} failed ({code}): {}", out.trim());
     }
     Ok(())
+}
+
+/// Ends a session without waiting on a VM that died under it: a dead guest never answers the
+/// disconnect, and a health probe stuck here would stop every later check.
+async fn close(session: ssh::Session) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), session.close()).await;
 }
 
 async fn run(session: &ssh::Session, command: &str) -> anyhow::Result<(i32, String)> {
@@ -200,7 +206,7 @@ pub fn exec(host: &Host, vm: &str, command: &str) -> anyhow::Result<(i32, String
     block_on(async {
         let session = ssh::connect(&target, Duration::from_secs(5)).await?;
         let r = run(&session, command).await;
-        session.close().await;
+        close(session).await;
         r
     })?
 }
@@ -212,7 +218,7 @@ pub fn reconfigure(host: &Host, vm: &str, row: &AgentRow, tpl: &Template) -> any
     block_on(async {
         let session = ssh::connect(&target, Duration::from_secs(5)).await?;
         let r = write_config(&session, &config).await;
-        session.close().await;
+        close(session).await;
         r
     })?
 }
