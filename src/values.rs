@@ -178,6 +178,20 @@ pub fn is_valid_mask(mask: &str) -> bool {
         && mask.len() <= 200
 }
 
+/// The port of an `http://host:port/...` URL (80/443 when it names none).
+pub fn port_of_url(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    match authority.rsplit_once(':') {
+        Some((_, port)) => port.parse().ok().filter(|p| *p != 0),
+        None => match scheme {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

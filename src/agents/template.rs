@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The most vCPUs a template may ask for (the same bound as `fireclaw run --cpus`).
-pub const MAX_VCPUS: u8 = 32;
+pub const MAX_VCPUS: u8 = crate::config::bounds::VCPUS.max as u8;
 /// Memory bounds in MiB: below 128 the agent image does not boot with podman; the upper bound
 /// keeps a typo (an extra zero or two) from reserving the host's memory.
 pub const MEM_MIB_RANGE: (u32, u32) = (128, 65_536);

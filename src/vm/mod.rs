@@ -109,10 +109,9 @@ pub struct LaunchOptions {
 /// `None` for an Ollama elsewhere, which `local` does not open.
 pub fn ollama_port_on(url: &str, bridge: std::net::Ipv4Addr) -> Option<u16> {
     let rest = url.strip_prefix("http://")?;
-    let authority = rest.split('/').next()?;
-    let (host, port) = authority.rsplit_once(':')?;
+    let (host, _) = rest.split('/').next()?.rsplit_once(':')?;
     (host.parse::<std::net::Ipv4Addr>().ok()? == bridge)
-        .then(|| port.parse().ok())
+        .then(|| crate::values::port_of_url(url))
         .flatten()
 }
 

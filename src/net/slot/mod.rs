@@ -104,19 +104,7 @@ impl SlotConfig {
     }
 }
 
-/// The port of an `http://host:port/...` URL (80/443 when it names none).
-pub fn port_of_url(url: &str) -> Option<u16> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    match authority.rsplit_once(':') {
-        Some((_, port)) => port.parse().ok().filter(|p| *p != 0),
-        None => match scheme {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        },
-    }
-}
+pub use crate::values::port_of_url;
 
 /// A slot that exists: its namespace, veth and rules are in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
