@@ -27,6 +27,8 @@ const MISSES: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Usage record ids remembered to drop a record a failed drain printed twice.
 const SEEN_IDS: usize = 4096;
+/// How often the VMM is looked at while a probe waits on the guest.
+const VMM_WATCH: Duration = Duration::from_millis(500);
 
 /// What the checker remembers between rounds, per agent.
 #[derive(Default)]
@@ -146,27 +148,47 @@ impl Checker {
         }
     }
 
+    /// Looks at one agent's VM: its VMM first, then the guest agent over SSH. The VMM is watched
+    /// while the probe runs, so a VM killed mid-probe is found dead at once rather than after
+    /// the SSH timeouts (a dead guest never answers).
     async fn probe(&self, host: &Host, vm: &str) -> Finding {
-        let (m, h, id) = (self.manager.clone(), host.clone(), vm.to_string());
-        let r = tokio::task::spawn_blocking(move || {
-            if let Some(why) = m.vmm_exited(&h, &id) {
-                return Finding::Dead(why);
-            }
-            let missed = match launch::exec(&h, &id, &format!("fireclaw-guest health && {DRAIN}")) {
-                Ok((0, out)) => return Finding::Healthy(parse_drain(&out)),
-                Ok((code, out)) => {
-                    format!("exit {code}: {}", out.lines().last().unwrap_or("").trim())
+        if let Some(why) = self.vmm_exited(host, vm).await {
+            return Finding::Dead(why);
+        }
+        let (h, id) = (host.clone(), vm.to_string());
+        let mut exec = tokio::task::spawn_blocking(move || {
+            launch::exec(&h, &id, &format!("fireclaw-guest health && {DRAIN}"))
+        });
+        let result = loop {
+            tokio::select! {
+                r = &mut exec => break r,
+                _ = tokio::time::sleep(VMM_WATCH) => {
+                    if let Some(why) = self.vmm_exited(host, vm).await {
+                        return Finding::Dead(why);
+                    }
                 }
-                Err(e) => format!("{e:#}"),
-            };
-            // The VMM may have died while the probe ran: that is a death, not a miss.
-            match m.vmm_exited(&h, &id) {
-                Some(why) => Finding::Dead(why),
-                None => Finding::Missed(missed),
             }
-        })
-        .await;
-        r.unwrap_or_else(|e| Finding::Missed(e.to_string()))
+        };
+        let missed = match result {
+            Ok(Ok((0, out))) => return Finding::Healthy(parse_drain(&out)),
+            Ok(Ok((code, out))) => {
+                format!("exit {code}: {}", out.lines().last().unwrap_or("").trim())
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => e.to_string(),
+        };
+        // The VMM may have died as the probe ended: that is a death, not a miss.
+        match self.vmm_exited(host, vm).await {
+            Some(why) => Finding::Dead(why),
+            None => Finding::Missed(missed),
+        }
+    }
+
+    async fn vmm_exited(&self, host: &Host, vm: &str) -> Option<String> {
+        let (m, h, id) = (self.manager.clone(), host.clone(), vm.to_string());
+        tokio::task::spawn_blocking(move || m.vmm_exited(&h, &id))
+            .await
+            .unwrap_or(None)
     }
 
     async fn store_usage(&mut self, host: &Host, agent: &str, records: Vec<UsageRecord>) {

@@ -168,8 +168,10 @@ pub fn shell_join(args: &[String]) -> String {
 fn config() -> Arc<client::Config> {
     Arc::new(client::Config {
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 4,
+        // A guest that dies under a session never closes it: keepalives unanswered for about
+        // 20 s end the session (and every call waiting on it) instead of TCP's quarter hour.
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
         ..Default::default()
     })
 }
@@ -220,13 +222,17 @@ pub async fn connect(t: &Target, tcp_timeout: Duration) -> Result<Session, SshEr
             return Err(proto(format!("handshake: {e}")));
         }
     };
-    let auth = handle
-        .authenticate_publickey(
+    // Bounded like the handshake: a guest that dies mid-authentication never answers.
+    let auth = tokio::time::timeout(
+        tcp_timeout * 4,
+        handle.authenticate_publickey(
             t.user.clone(),
             PrivateKeyWithHashAlg::new(t.key.clone(), None),
-        )
-        .await
-        .map_err(|e| proto(format!("authentication: {e}")))?;
+        ),
+    )
+    .await
+    .map_err(|_| proto("authentication timed out".into()))?
+    .map_err(|e| proto(format!("authentication: {e}")))?;
     if !auth.success() {
         return Err(SshError::AuthRejected {
             addr: t.addr,
