@@ -91,6 +91,7 @@ fn main() {
             .unwrap();
         let timeout = Duration::from_secs(180);
         let (mut cold, mut restore, mut pool) = (vec![], vec![], vec![]);
+        let mut phases: Vec<fireclaw::pool::clone::CloneTimings> = vec![];
 
         for _ in 0..runs {
             let opts = LaunchOptions {
@@ -131,6 +132,7 @@ fn main() {
                 exec_true(c.session.as_ref().unwrap()).await;
             });
             restore.push(t.elapsed().as_millis() as u64);
+            phases.push(c.timings.clone());
             assert!(c.destroy().is_empty());
         }
 
@@ -166,6 +168,17 @@ fn main() {
         println!("  {:<28} {cmin:>7} {cmed:>7} {cmax:>7}", "cold boot");
         println!("  {:<28} {rmin:>7} {rmed:>7} {rmax:>7}", "restore (slot prepared)");
         println!("  {:<28} {pmin:>7} {pmed:>7} {pmax:>7}", "pool hand-out");
+        let phase = |f: fn(&fireclaw::pool::clone::CloneTimings) -> u64| {
+            stats(&phases.iter().map(f).collect::<Vec<_>>()).1
+        };
+        println!(
+            "  restore phases (medians, ms): slot {}, disk clone {}, VMM restore {}, SSH ready {}, identity {}",
+            phase(|t| t.slot_ms),
+            phase(|t| t.disk_ms),
+            phase(|t| t.vmm_restore_ms),
+            phase(|t| t.ssh_ms),
+            phase(|t| t.identity_ms)
+        );
         println!(
             "  ratios of medians: restore {:.1}x, pool hand-out {:.1}x faster than cold boot",
             cmed as f64 / rmed.max(1) as f64,

@@ -140,16 +140,21 @@ fn utc_datetime(secs: u64) -> String {
     )
 }
 
-/// A static x86-64 Linux program, 181 bytes, that issues `ioctl(open("/dev/urandom"),
-/// RNDRESEEDCRNG)` and exits with 0 or the errno. Writing bytes to `/dev/urandom` only mixes them
-/// into the input pool; the CRNG that `getrandom` and `/proc/sys/kernel/random/uuid` draw from
-/// takes them at its next reseed, so two clones keep drawing identical numbers until then. The
-/// ioctl reseeds at once (Linux >= 4.17, CAP_SYS_ADMIN), but nothing in a minimal guest (shell,
-/// coreutils, busybox) can issue it, so the script writes this program and runs it.
+/// A static x86-64 Linux program, 193 bytes, that unlinks itself (its `argv[0]`), then issues
+/// `ioctl(open("/dev/urandom"), RNDRESEEDCRNG)` and exits with 0 or the errno. Writing bytes to
+/// `/dev/urandom` only mixes them into the input pool; the CRNG that `getrandom` and
+/// `/proc/sys/kernel/random/uuid` draw from takes them at its next reseed, so two clones keep
+/// drawing identical numbers until then. The ioctl reseeds at once (Linux >= 4.17,
+/// CAP_SYS_ADMIN), but nothing in a minimal guest (shell, coreutils, busybox) can issue it, so the
+/// script writes this program and runs it. It removes itself because every process the script
+/// starts costs a clone tens of milliseconds under emulation: an `rm` would be one more.
 pub fn reseed_program() -> Vec<u8> {
     const BASE: u64 = 0x40_0000;
     const HEADERS: u64 = 64 + 56;
-    let code: [u8; 48] = [
+    let code: [u8; 60] = [
+        0x48, 0x8b, 0x7c, 0x24, 0x08, // mov rdi, [rsp + 8]: argv[0]
+        0xb8, 0x57, 0x00, 0x00, 0x00, // mov eax, SYS_unlink (its result does not matter)
+        0x0f, 0x05, // syscall
         0x48, 0x8d, 0x3d, 0x29, 0x00, 0x00, 0x00, // lea rdi, [rip + 41]: the path
         0xbe, 0x01, 0x00, 0x00, 0x00, // mov esi, O_WRONLY
         0x31, 0xd2, // xor edx, edx
@@ -222,13 +227,13 @@ pub fn refresh_script(id: &CloneIdentity) -> Result<String, IdentityError> {
          r=/run/fireclaw-reseed.$$\n\
          printf '{reseed}' >\"$r\"\n\
          chmod 700 \"$r\"\n\
+         # It removes itself as it starts.\n\
          \"$r\" || {{ rc=$?; rm -f \"$r\"; echo \"reseeding the CRNG failed (errno $rc)\" >&2; exit 1; }}\n\
-         rm -f \"$r\"\n\
-         printf '%s\\n' '{machine_id}' >/etc/machine-id.fc-new\n\
-         mv -f /etc/machine-id.fc-new /etc/machine-id\n\
+         # Written in place, not renamed over: a clone is thrown away if this is cut short, and\n\
+         # every `mv` would be one more process.\n\
+         printf '%s\\n' '{machine_id}' >/etc/machine-id\n\
          printf '%s\\n' '{hostname}' >/proc/sys/kernel/hostname\n\
-         printf '%s\\n' '{hostname}' >/etc/hostname.fc-new\n\
-         mv -f /etc/hostname.fc-new /etc/hostname\n\
+         printf '%s\\n' '{hostname}' >/etc/hostname\n\
          # Neighbours learnt before the snapshot may have moved (a clone's gateway is new).\n\
          ip neigh flush all\n"
     ))
@@ -257,7 +262,19 @@ mod tests {
         assert!(s.starts_with("set -eu\n"));
         assert!(s.contains("date -u -s '2026-11-18 11:06:40'"), "{s}");
         assert!(s.contains(&format!("'{}' >/dev/urandom", "a5".repeat(32))));
-        assert!(s.contains(&format!("'{MID}' >/etc/machine-id.fc-new")));
+        assert!(s.contains(&format!("'{MID}' >/etc/machine-id\n")));
+        assert!(s.contains("'clone-7' >/etc/hostname\n"));
+        // Each process costs a clone tens of milliseconds under emulation: only these three.
+        let commands: Vec<&str> = s
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("printf") && !l.starts_with("set "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            commands,
+            ["date", "r=/run/fireclaw-reseed.$$", "chmod", "\"$r\"", "ip"],
+            "{s}"
+        );
         assert!(s.contains("'clone-7' >/proc/sys/kernel/hostname"));
         assert!(s.contains("ip neigh flush all"));
     }
@@ -265,7 +282,7 @@ mod tests {
     #[test]
     fn the_reseed_program_runs_and_reaches_the_ioctl() {
         let p = reseed_program();
-        assert_eq!(p.len(), 181);
+        assert_eq!(p.len(), 193);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reseed");
         std::fs::write(&path, &p).unwrap();
@@ -279,6 +296,7 @@ mod tests {
             1
         };
         assert_eq!(code, Some(expected));
+        assert!(!path.exists(), "the program removes itself");
         // Printed as octal escapes for the script's printf.
         let s = refresh_script(&identity("c", MID, &[1u8; 32])).unwrap();
         assert!(s.contains("printf '\\177\\105\\114\\106\\002"), "{s}");
