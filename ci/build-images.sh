@@ -88,7 +88,7 @@ check "sshd service" "/usr/sbin/sshd -D -e" "cat /etc/fireclaw/services/sshd"
 check "motd file" "fireclaw debian-test image" "cat /etc/motd"
 check "workspace mount" "/dev/vdb /workspace ext4" "cat /etc/fstab"
 check "workspace owned by agent" "User:  1000" "stat /workspace"
-check "guest agent service as agent" "exec su -s /bin/sh agent -c 'exec /usr/local/bin/fireclaw-guest run" \
+check "guest agent service as agent" "exec su -s /bin/sh agent -c 'exec /usr/local/bin/fireclaw-guest run --config /etc/fireclaw/agent.toml --wait-for-config" \
   "cat /etc/fireclaw/services/fireclaw-guest"
 check "guest agent mode" "Mode:  0755" "stat /usr/local/bin/fireclaw-guest"
 dumped=$(mktemp)

@@ -26,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often a waiting agent looks for its config file (the host's SIGHUP wakes it sooner).
+const CONFIG_POLL: Duration = Duration::from_secs(1);
 /// Paced below ngircd's flood penalty (about one command a second after a short burst): at most
 /// this many lines in any window of [`BURST_WINDOW_SECS`].
 const BURST_LINES: u32 = 4;
@@ -68,19 +70,35 @@ enum End {
     Reconnect { reason: String, welcomed: bool },
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config_path: PathBuf) -> Result<(), RunError> {
+/// Runs the agent until SIGTERM or SIGINT. With `wait`, a config file that does not exist yet is
+/// waited for (looked at on SIGHUP and every [`CONFIG_POLL`]).
+pub async fn run(config_path: PathBuf, wait: bool) -> Result<(), RunError> {
+    // First: the host's SIGHUP after it writes the config must not kill a waiting agent.
+    let mut signals = Signals {
+        hup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
+        term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+        int: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+    };
+    if wait && !config_path.exists() {
+        tracing::info!(
+            "waiting for {} (fireclaw writes it when it starts this agent)",
+            config_path.display()
+        );
+        while !config_path.exists() {
+            tokio::select! {
+                _ = tokio::time::sleep(CONFIG_POLL) => {}
+                _ = signals.hup.recv() => {}
+                _ = signals.term.recv() => return Ok(()),
+                _ = signals.int.recv() => return Ok(()),
+            }
+        }
+    }
     let config = crate::config::load(&config_path)?;
     tracing::info!(nick = %config.nick, server = %config.irc.server, model = %config.ollama.model, "starting");
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let (job_tx, job_rx) = mpsc::channel(QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel(64);
     tokio::spawn(worker(config_rx, job_rx, out_tx));
-    let mut signals = Signals {
-        hup: signal(SignalKind::hangup()).map_err(RunError::Signals)?,
-        term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
-        int: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
-    };
     let mut state = State {
         config_path,
         config_tx,

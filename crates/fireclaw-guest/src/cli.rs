@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use crate::config;
 
 pub const USAGE: &str = "usage: fireclaw-guest COMMAND\n\n\
-  run [--config PATH]          run the IRC agent (default config: /etc/fireclaw/agent.toml)\n\
+  run [--config PATH] [--wait-for-config]\n\
+                               run the IRC agent (default config: /etc/fireclaw/agent.toml);\n\
+                               with --wait-for-config, a missing config is waited for (the host\n\
+                               writes it and sends SIGHUP) instead of being an error\n\
   usage --drain [--spool PATH | --config PATH]\n\
                                print the usage records as JSON lines and empty the spool\n\
   health                       print a JSON health answer and exit 0\n\
@@ -17,6 +20,9 @@ pub enum Cli {
     Run {
         config: PathBuf,
         allow_root: bool,
+        /// Wait for a missing config file instead of failing: an agent VM boots (or is restored
+        /// from a snapshot) before the host has written its configuration.
+        wait: bool,
     },
     /// Drain the spool named directly, or the one a config file names.
     Drain {
@@ -42,7 +48,7 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
     match verb {
         Some("run") => {
             let mut config = PathBuf::from(config::DEFAULT_PATH);
-            let mut allow_root = false;
+            let (mut allow_root, mut wait) = (false, false);
             let mut i = 0;
             while i < rest.len() {
                 match rest[i] {
@@ -51,11 +57,16 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                         i += 1;
                     }
                     "--insecure-allow-root" => allow_root = true,
+                    "--wait-for-config" => wait = true,
                     other => return Err(format!("run: unexpected argument {other:?}")),
                 }
                 i += 1;
             }
-            Ok(Cli::Run { config, allow_root })
+            Ok(Cli::Run {
+                config,
+                allow_root,
+                wait,
+            })
         }
         Some("usage") => {
             let (mut drain, mut spool, mut config) = (false, None, None);
@@ -105,14 +116,24 @@ mod tests {
             p(&["run"]).unwrap(),
             Cli::Run {
                 config: PathBuf::from("/etc/fireclaw/agent.toml"),
-                allow_root: false
+                allow_root: false,
+                wait: false
             }
         );
         assert_eq!(
             p(&["run", "--config", "/x.toml", "--insecure-allow-root"]).unwrap(),
             Cli::Run {
                 config: PathBuf::from("/x.toml"),
-                allow_root: true
+                allow_root: true,
+                wait: false
+            }
+        );
+        assert_eq!(
+            p(&["run", "--wait-for-config"]).unwrap(),
+            Cli::Run {
+                config: PathBuf::from("/etc/fireclaw/agent.toml"),
+                allow_root: false,
+                wait: true
             }
         );
         assert_eq!(

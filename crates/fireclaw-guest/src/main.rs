@@ -48,7 +48,11 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("draining {}: {e}", spool.display())),
             }
         }
-        Cli::Run { config, allow_root } => {
+        Cli::Run {
+            config,
+            allow_root,
+            wait,
+        } => {
             init_logging();
             if nix::unistd::geteuid().is_root() && !allow_root {
                 return fail(
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
-            match runtime.block_on(bot::run(config)) {
+            match runtime.block_on(bot::run(config, wait)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

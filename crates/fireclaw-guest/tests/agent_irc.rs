@@ -566,3 +566,41 @@ fn a_long_answer_is_paced_and_split_within_the_line_limit() {
     );
     assert!(!w.log().contains("connection lost"), "{}", w.log());
 }
+
+/// An agent VM's init starts the agent before the host has written its config: with
+/// `--wait-for-config` it waits (no exit into init's restart backoff) and starts on the host's
+/// SIGHUP once the file is there.
+#[test]
+#[ignore = "host tier: needs root, ngircd, setpriv and network namespaces; run with --include-ignored"]
+fn waits_for_its_config_and_starts_on_sighup() {
+    let mut w = World::start_without_config("wait", Setup::default());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        w.wait_exit(Duration::from_millis(10)).is_none(),
+        "exited without a config; log:\n{}",
+        w.log()
+    );
+    // A SIGHUP before the file exists changes nothing: it keeps waiting.
+    w.signal(Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        w.wait_exit(Duration::from_millis(10)).is_none(),
+        "{}",
+        w.log()
+    );
+    assert!(w.log().contains("waiting for"), "{}", w.log());
+    w.write_config();
+    w.signal(Signal::SIGHUP);
+    let mut alice = w.person("alice");
+    alice.say("#agents", &format!("{NICK}: hello")).unwrap();
+    w.reply(&mut alice, "#agents", SECS_30);
+    // And a waiting agent stops cleanly on SIGTERM.
+    let mut idle = World::start_without_config("wait2", Setup::default());
+    let deadline = std::time::Instant::now() + SECS_5;
+    while !idle.log().contains("waiting for") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    idle.signal(Signal::SIGTERM);
+    let status = idle.wait_exit(SECS_5).expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

@@ -150,6 +150,21 @@ fn chown(path: &Path, uid: u32) {
 impl World {
     /// Everything up, the agent registered and in `#agents`.
     pub fn start(tag: &str, setup: Setup) -> World {
+        let mut world = World::prepare(tag, setup);
+        world.write_config();
+        world.spawn_guest(&[]);
+        world
+    }
+
+    /// ngircd and the Ollama double up, the agent started with `--wait-for-config` before its
+    /// config exists (as an agent VM's init starts it before the host writes the file).
+    pub fn start_without_config(tag: &str, setup: Setup) -> World {
+        let mut world = World::prepare(tag, setup);
+        world.spawn_guest(&["--wait-for-config"]);
+        world
+    }
+
+    fn prepare(tag: &str, setup: Setup) -> World {
         host_tier();
         let ns = NetNs::new(tag);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -184,7 +199,7 @@ impl World {
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         chown(&state, AGENT_UID);
-        let mut world = World {
+        World {
             guest: None,
             ollama,
             ngircd: Some(ngircd),
@@ -195,10 +210,7 @@ impl World {
             dir,
             setup,
             ns,
-        };
-        world.write_config();
-        world.spawn_guest();
-        world
+        }
     }
 
     pub fn write_config(&self) {
@@ -219,7 +231,7 @@ impl World {
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
-    fn spawn_guest(&mut self) {
+    fn spawn_guest(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(&self.log_path).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name, "setpriv"])
@@ -229,6 +241,7 @@ impl World {
             .arg(guest_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(extra)
             .env("FIRECLAW_GUEST_LOG", "debug,irc=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -245,7 +258,7 @@ impl World {
             self.wait_exit(Duration::from_secs(10)).is_some(),
             "guest exits"
         );
-        self.spawn_guest();
+        self.spawn_guest(&[]);
     }
 
     pub fn guest_pid(&self) -> nix::unistd::Pid {
