@@ -78,6 +78,7 @@ fn main() {
         vmm: VmmKind::Qemu,
         vcpus: 1,
         mem_mib: MEM_MIB,
+        workspace_mib: 0,
     };
     let ns_file = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
     let ns_name = ns.name.clone();

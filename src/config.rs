@@ -281,13 +281,21 @@ pub struct Agents {
     pub image: String,
     /// Seconds between health checks (VMM alive, the guest agent answering) and usage collection.
     pub health_secs: u32,
+    /// Templates kept warm: the runtime keeps one VM of each restored from a snapshot and
+    /// waiting, so `!invoke` of that template takes it instead of booting one. Each costs the
+    /// template's memory while it waits.
+    pub warm: Vec<String>,
 }
+
+/// Templates `[agents] warm` may name.
+pub const MAX_WARM_TEMPLATES: usize = 8;
 
 impl Default for Agents {
     fn default() -> Self {
         Agents {
             image: "agent".into(),
             health_secs: 30,
+            warm: Vec::new(),
         }
     }
 }
@@ -540,6 +548,28 @@ impl Config {
         bounds::HEALTH_SECS
             .check(self.agents.health_secs.into())
             .map_err(|m| invalid("agents.health_secs", m))?;
+        if self.agents.warm.len() > MAX_WARM_TEMPLATES {
+            return Err(invalid(
+                "agents.warm",
+                format!(
+                    "at most {MAX_WARM_TEMPLATES} templates (each keeps a VM running), got {}",
+                    self.agents.warm.len()
+                ),
+            ));
+        }
+        for (i, t) in self.agents.warm.iter().enumerate() {
+            let ok = t.len() <= 32
+                && t.starts_with(|c: char| c.is_ascii_lowercase())
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(Invalid {
+                    key: "agents.warm",
+                    item: Some(i),
+                    message: format!("expected template names like \"coder\", got {t:?}"),
+                });
+            }
+        }
         if self.agents.image.is_empty()
             || !self
                 .agents
@@ -782,6 +812,13 @@ mod tests {
     fn absurd_values_are_refused_with_file_line_and_key() {
         for (text, key, line) in [
             ("[pool]\nmax_vms = 0", "pool.max_vms", 2),
+            ("[agents]\nwarm = [\"coder\", \"../x\"]", "agents.warm", 2),
+            ("[agents]\nwarm = [\"Coder\"]", "agents.warm", 2),
+            (
+                "[agents]\nwarm = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]",
+                "agents.warm",
+                2,
+            ),
             ("[pool]\n\nmax_vms = 4294967295", "pool.max_vms", 3),
             ("[pool]\nmax_vms = 300", "pool.max_vms", 2),
             ("[pool]\nwarm_per_image = 1000", "pool.warm_per_image", 2),

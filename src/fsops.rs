@@ -120,6 +120,17 @@ pub fn write_atomic_owned(
     result.with_context(|| format!("write {}", path.display()))
 }
 
+/// Creates `path` (which must not exist) as a sparse file of `bytes` zeros, mode 0600.
+pub fn sparse_file(path: &Path, bytes: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_len(bytes)
+}
+
 pub fn remove_file_if_exists(path: &Path) -> anyhow::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),

@@ -132,6 +132,11 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         ssh_key: key,
     };
     let ns = Netns::new("agvm");
+    // Warm agents are clones in network slots, which route through the host: as provision sets.
+    sh_ok(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+        ns.name
+    ));
     let root = TestRoot::new(&fixture);
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let image = install_image(root.path(), &manifest, &guest);
@@ -165,7 +170,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         &config,
         format!(
             "[irc]\nadmins = [\"alice!*@*\"]\n[ollama]\nurl = \"http://172.16.0.1:11434\"\n\
-             [agents]\nimage = \"{image}\"\nhealth_secs = 3\n"
+             [agents]\nimage = \"{image}\"\nhealth_secs = 3\nwarm = [\"coder\"]\n"
         ),
     )
     .unwrap();
@@ -223,8 +228,9 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let up = alice
         .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
         .unwrap_or_else(|| panic!("no answer to !invoke:\n{}", rt.log_text()));
+    // The warm pool is still building the agent snapshot (a cold boot takes seconds): cold.
     assert!(
-        up.text().contains("coder is up"),
+        up.text().contains("coder is up") && up.text().contains("started cold"),
         "{up:?}\n{}",
         rt.log_text()
     );
@@ -331,18 +337,29 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         alice.seen.iter().rev().take(5).collect::<Vec<_>>()
     );
 
+    // Invoked again, it starts warm: a clone of the agent snapshot the pool restored, its
+    // workspace (with the memory) moved into the clone's drive.
+    rt.wait_log_for("warm pool: agent:coder ready", Duration::from_secs(300));
     let mark = alice.seen.len();
+    let invoked = Instant::now();
     alice.say("#control", "!invoke coder").unwrap();
     let up = alice
         .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
         .expect("second invoke answered");
     assert!(
-        up.text().contains("coder is up"),
+        up.text().contains("coder is up") && up.text().contains("started warm"),
         "{up:?}\n{}",
         rt.log_text()
     );
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
         .expect("coder joins again");
+    let warm_join = invoked.elapsed();
+    eprintln!(
+        "!invoke → coder in #agents: cold {:.1} s, warm {:.1} s ({:.1}x)",
+        join_time.as_secs_f64(),
+        warm_join.as_secs_f64(),
+        join_time.as_secs_f64() / warm_join.as_secs_f64().max(0.001)
+    );
     let before = ollama.chat_requests().len();
     ollama.push(Reply::text("marmalade-42"));
     alice

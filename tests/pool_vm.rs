@@ -51,6 +51,7 @@ fn recipe(root: &TestRoot) -> Recipe {
         vmm: fireclaw::vmm::VmmKind::Qemu,
         vcpus: 1,
         mem_mib: 256,
+        workspace_mib: 0,
     }
 }
 

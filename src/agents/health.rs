@@ -242,7 +242,7 @@ impl Checker {
         ))
         .await;
         let (h, id) = (host.clone(), vm.to_string());
-        let _ = tokio::task::spawn_blocking(move || crate::vm::gc(&h, false, Some(&id))).await;
+        let _ = tokio::task::spawn_blocking(move || crate::pool::clone::gc_vm(&h, &id)).await;
         // Its connection died with the VM, but ngircd holds the nick until a ping timeout.
         let _ = self
             .announce

@@ -1,6 +1,7 @@
-//! An agent's VM: started cold from the agent image with the workspace as its second disk, kept
-//! running, configured over SSH as root (`/etc/fireclaw/agent.toml`, then SIGHUP to the guest
-//! agent); stopped with SIGTERM to the guest (it sends QUIT) before the VM goes.
+//! An agent's VM: started cold from the agent image with the workspace as its second disk, or
+//! taken warm from the pool (a clone of the agent image's snapshot, the workspace moved into its
+//! drive); kept running, configured over SSH as root (`/etc/fireclaw/agent.toml`, then SIGHUP to
+//! the guest agent); stopped with SIGTERM to the guest (it sends QUIT) before the VM goes.
 //!
 //! Every function here blocks: call it from a blocking thread. SSH runs on the caller's tokio
 //! runtime when there is one (a `spawn_blocking` thread), else on a small one of its own.
@@ -13,10 +14,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fireclaw_proto::agent::{self as proto, AgentConfig};
 
+use crate::agents::manager::Manager;
 use crate::agents::store::AgentRow;
-use crate::agents::template::{NetworkPolicy, Template};
+use crate::agents::template::{NetworkPolicy, Template, Templates};
 use crate::agents::workspace;
 use crate::net::policy::Policy;
+use crate::pool::clone::ClonedVm;
+use crate::pool::snapshot::Recipe;
+use crate::pool::warm::AgentWant;
 use crate::vm::{image, record, ssh, Host, KeptMachine, LaunchOptions, Machine};
 use crate::vmm::{Boot, VmmKind};
 
@@ -100,9 +105,7 @@ pub fn agent_config(host: &Host, row: &AgentRow, tpl: &Template) -> anyhow::Resu
 /// Starts the agent's VM and configures its guest agent; returns the VM's id. The VM is kept
 /// (`state = kept` in `vms`): it outlives this runtime, and the next one re-adopts it.
 ///
-/// This is the cold path. When the warm pool holds snapshots of the agent image, a ready VM is
-/// taken from it here instead (its workspace drive attached on restore) and only the configuration
-/// step below remains.
+/// This is the cold path; [`start_warm`] is the warm one.
 pub fn start(host: &Host, row: &AgentRow, tpl: &Template) -> anyhow::Result<KeptMachine> {
     let config = agent_config(host, row, tpl)?;
     let image = image::resolve(
@@ -134,6 +137,110 @@ pub fn start(host: &Host, row: &AgentRow, tpl: &Template) -> anyhow::Result<Kept
         return Err(e.context(format!("the console's last lines:\n{console}")));
     }
     machine.keep()
+}
+
+/// Starts the agent in a clone the warm pool restored from the agent image's workspace
+/// snapshot (its session open, its identity refreshed, its guest agent waiting for its
+/// configuration): the workspace is moved into the clone's zeroed drive, the guest drops the
+/// cached blocks of that drive (its kernel read the zeros when it probed it) and mounts it, the
+/// configuration is written, and the clone is kept. On error the clone is destroyed (the caller
+/// falls back to a cold start); the workspace is intact whichever step failed.
+pub fn start_warm(
+    host: &Host,
+    row: &AgentRow,
+    tpl: &Template,
+    mut vm: ClonedVm,
+) -> anyhow::Result<KeptMachine> {
+    let config = agent_config(host, row, tpl)?;
+    let ws = workspace::path(&host.root.host(&host.config.paths.state_dir), &row.name);
+    let drive = vm
+        .drive
+        .clone()
+        .context("the restored VM has no workspace drive")?;
+    workspace::move_into(&ws, &drive)?;
+    // Renamed: the file is the workspace now, not the clone's to remove.
+    vm.drive = None;
+    let session = vm
+        .session
+        .take()
+        .context("the restored VM has no open session")?;
+    let configured = block_on(async {
+        let r = async {
+            let (code, out) = run(
+                &session,
+                "echo 1 >/proc/sys/vm/drop_caches && mount /workspace",
+            )
+            .await?;
+            if code != 0 {
+                anyhow::bail!("mounting /workspace failed ({code}): {}", out.trim());
+            }
+            write_config(&session, &config).await
+        }
+        .await;
+        close(session).await;
+        r
+    })?;
+    if let Err(e) = configured {
+        let console = vm.console_tail();
+        vm.destroy();
+        return Err(e.context(format!("the console's last lines:\n{console}")));
+    }
+    vm.keep()
+}
+
+/// What the warm pool should keep ready for `[agents] warm`: one clone per template named there,
+/// restored from the agent image's snapshot with a workspace drive. Templates that do not exist,
+/// or whose network policy is `none` (a clone's slot opens IRC and Ollama only under `full` and
+/// `local`), are left cold, with a line saying why.
+pub fn warm_wants(host: &Host) -> (Vec<AgentWant>, Vec<String>) {
+    let (mut wants, mut notes) = (Vec::new(), Vec::new());
+    if host.config.agents.warm.is_empty() {
+        return (wants, notes);
+    }
+    let templates = match Templates::load(&[&Manager::templates_dir(host)]) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!("no warm agents: the templates cannot be read: {e}"));
+            return (wants, notes);
+        }
+    };
+    let image = match image::resolve(
+        &host.config.agents.image,
+        &host.root.host(&host.config.paths.image_dir),
+        &image::Overrides::default(),
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            notes.push(format!("no warm agents: {e:#}"));
+            return (wants, notes);
+        }
+    };
+    for name in &host.config.agents.warm {
+        let Ok(tpl) = templates.get(name) else {
+            notes.push(format!(
+                "[agents] warm names {name:?}, which is no template; skipped"
+            ));
+            continue;
+        };
+        if tpl.network == NetworkPolicy::None {
+            notes.push(format!(
+                "template {name} has network = \"none\", which a restored VM cannot serve; it starts cold"
+            ));
+            continue;
+        }
+        wants.push(AgentWant {
+            key: AgentWant::key_for(name),
+            recipe: Recipe {
+                image: image.clone(),
+                vmm: vmm_kind(host),
+                vcpus: tpl.vcpus.get(),
+                mem_mib: tpl.mem_mib.get(),
+                workspace_mib: workspace::WORKSPACE_MIB as u32,
+            },
+            policy: policy(tpl.network),
+        });
+    }
+    (wants, notes)
 }
 
 /// Writes agent.toml atomically (root's, readable by the agent) and tells a running guest agent
@@ -237,7 +344,7 @@ pub fn stop(host: &Host, vm: &str) -> anyhow::Result<()> {
     ) {
         tracing::info!(vm, "agents: the guest agent did not take SIGTERM: {e:#}");
     }
-    let report = crate::vm::gc(host, false, Some(vm))?;
+    let report = crate::pool::clone::gc_vm(host, vm)?;
     if report.errors.is_empty() {
         Ok(())
     } else {

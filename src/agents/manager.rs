@@ -22,6 +22,8 @@ pub struct Manager {
     children: Arc<Mutex<HashMap<String, KeptMachine>>>,
     /// The last console lines of VMs torn down before the health check looked (bounded).
     consoles: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// The warm pool, for `[agents] warm` templates (`None`: every agent starts cold).
+    pool: Option<Arc<crate::pool::warm::Pool>>,
 }
 
 /// Console tails remembered at most.
@@ -35,7 +37,14 @@ impl Manager {
             host,
             children: Arc::new(Mutex::new(HashMap::new())),
             consoles: Arc::new(Mutex::new(HashMap::new())),
+            pool: None,
         }
+    }
+
+    /// Agents of `[agents] warm` templates start from clones this pool keeps ready.
+    pub fn with_pool(mut self, pool: Arc<crate::pool::warm::Pool>) -> Manager {
+        self.pool = Some(pool);
+        self
     }
 
     /// Remembers the end of a dying VM's console before its run dir is removed.
@@ -230,16 +239,42 @@ impl AgentOps for Manager {
             .await?;
         let name = row.name.clone();
         let me = self.clone();
+        let warm = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.take(&crate::pool::warm::AgentWant::key_for(&row.template)));
+        let warm_id = warm.as_ref().map(|vm| vm.id.clone());
         let started = self
             .blocking(move |host, db| {
+                let mut how = "cold";
                 let result = workspace::ensure(&workspace::path(
                     &host.root.host(&host.config.paths.state_dir),
                     &row.name,
                 ))
                 .map_err(|e| format!("its workspace: {e}"))
-                .and_then(|_| launch::start(host, &row, &tpl).map_err(|e| format!("{e:#}")));
+                .and_then(|_| {
+                    if let Some(vm) = warm {
+                        let id = vm.id.clone();
+                        match launch::start_warm(host, &row, &tpl, vm) {
+                            Ok(kept) => {
+                                how = "warm";
+                                return Ok(kept);
+                            }
+                            Err(e) => tracing::warn!(
+                                agent = %row.name,
+                                "agents: the warm VM {id} could not take the agent ({e:#}); booting one cold"
+                            ),
+                        }
+                    }
+                    launch::start(host, &row, &tpl).map_err(|e| format!("{e:#}"))
+                });
+                // A warm VM taken is the agent's now, or destroyed: the pool forgets it.
+                if let (Some(p), Some(id)) = (&me.pool, &warm_id) {
+                    p.forget(id);
+                }
                 match result {
                     Ok(vm) => {
+                        tracing::info!(agent = %row.name, vm = %vm.id, "agents: started {how}");
                         let vm = me.hold(vm);
                         store::set_state(
                             db,
@@ -249,7 +284,7 @@ impl AgentOps for Manager {
                             None,
                         )
                         .map_err(db_err)?;
-                        Ok(Ok((vm, row.model)))
+                        Ok(Ok((vm, row.model, how)))
                     }
                     Err(e) => {
                         store::set_state(db, &row.name, store::AgentState::Failed, None, Some(&e))
@@ -260,8 +295,8 @@ impl AgentOps for Manager {
             })
             .await?;
         match started {
-            Ok((vm, model)) => Ok(vec![format!(
-                "{name} is up (VM {vm}, model {model}); it joins #agents in a moment."
+            Ok((vm, model, how)) => Ok(vec![format!(
+                "{name} is up (VM {vm}, model {model}, started {how}); it joins #agents in a moment."
             )]),
             Err(e) => Err(format!("{name} could not start: {e}")),
         }

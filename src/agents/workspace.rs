@@ -5,6 +5,7 @@
 //! contents. It survives the agent's restart, the runtime's and the host's; only a purge
 //! deletes it.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -98,6 +99,64 @@ pub fn check(path: &Path) -> Result<(), WorkspaceError> {
     }
 }
 
+/// Makes `drive` (a restored clone's zeroed second drive, already open in its VMM) the
+/// workspace at `path`: the workspace's data is copied into the drive (only its data extents:
+/// the drive reads zeros elsewhere), synced, and the drive renamed over `path`. From then on
+/// the inode the VMM writes to is the workspace; the old one is gone. The rename is atomic, so
+/// a crash leaves either the old workspace or the new one, never a mix. Both files must be the
+/// same size and on one file system (`Host::clone_drive` is under the state directory too).
+pub fn move_into(path: &Path, drive: &Path) -> Result<(), WorkspaceError> {
+    use std::io::{Seek, SeekFrom};
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| WorkspaceError::Io {
+            path: p.clone(),
+            source,
+        }
+    };
+    let mut src = std::fs::File::open(path).map_err(io(path))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(drive)
+        .map_err(io(drive))?;
+    let (len, drive_len) = (
+        src.metadata().map_err(io(path))?.len(),
+        dst.metadata().map_err(io(drive))?.len(),
+    );
+    if len != drive_len {
+        return Err(WorkspaceError::Invalid {
+            path: path.to_path_buf(),
+            detail: format!("it is {len} bytes, the VM's drive {drive_len}"),
+        });
+    }
+    let mut at = 0u64;
+    while at < len {
+        let start = match nix::unistd::lseek(&src, at as i64, nix::unistd::Whence::SeekData) {
+            Ok(o) => o as u64,
+            // ENXIO: no data after `at`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(io(path)(e.into())),
+        };
+        let end = match nix::unistd::lseek(&src, start as i64, nix::unistd::Whence::SeekHole) {
+            Ok(o) => o as u64,
+            Err(e) => return Err(io(path)(e.into())),
+        };
+        src.seek(SeekFrom::Start(start)).map_err(io(path))?;
+        dst.seek(SeekFrom::Start(start)).map_err(io(drive))?;
+        let copied =
+            std::io::copy(&mut (&mut src).take(end - start), &mut dst).map_err(io(drive))?;
+        at = start + copied.max(1);
+    }
+    dst.sync_all().map_err(io(drive))?;
+    std::fs::rename(drive, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
 /// Deletes the workspace (`!destroy NAME --purge`). Absent is fine.
 pub fn purge(path: &Path) -> Result<(), WorkspaceError> {
     match std::fs::remove_file(path) {
@@ -145,6 +204,45 @@ mod tests {
         purge(&p).unwrap();
         assert!(!p.exists());
         purge(&p).unwrap();
+    }
+
+    /// The drive a clone's VMM holds open becomes the workspace: same bytes, same inode as the
+    /// drive, the old file gone; a drive of another size is refused and nothing moves.
+    #[test]
+    fn a_workspace_moves_into_a_clones_drive() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path(), "bob");
+        ensure(&p).unwrap();
+        {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.seek(SeekFrom::Start(40 << 20)).unwrap();
+            f.write_all(b"late data").unwrap();
+        }
+        let before = std::fs::read(&p).unwrap();
+        let drive = dir.path().join("clone.vdb");
+        crate::fsops::sparse_file(&drive, WORKSPACE_MIB << 20).unwrap();
+        // The VMM's view: an open descriptor on the drive.
+        let mut held = std::fs::File::open(&drive).unwrap();
+        let inode = held.metadata().unwrap().ino();
+        move_into(&p, &drive).unwrap();
+        assert!(!drive.exists());
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), inode);
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        let mut seen = Vec::new();
+        held.read_to_end(&mut seen).unwrap();
+        assert_eq!(
+            seen, before,
+            "the VMM reads the workspace through its descriptor"
+        );
+        check(&p).unwrap();
+
+        let small = dir.path().join("small.vdb");
+        crate::fsops::sparse_file(&small, 1 << 20).unwrap();
+        let e = move_into(&p, &small).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        assert!(small.exists());
+        assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 
     #[test]

@@ -73,6 +73,7 @@ fn build(env: &Env, host: &crate::vm::Host, b: &SnapshotBuildArgs) -> anyhow::Re
         vmm: b.vmm.unwrap_or_else(|| super::engines::default_vmm(env)),
         vcpus: b.cpus.unwrap_or(env.config.pool.vcpus),
         mem_mib: b.mem.unwrap_or(env.config.pool.mem_mib),
+        workspace_mib: 0,
     };
     let timeout = Duration::from_secs(b.timeout);
     let rt = tokio::runtime::Builder::new_multi_thread()

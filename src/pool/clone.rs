@@ -22,7 +22,7 @@ use crate::net::Ipv4Cidr;
 use crate::storage::VmDisk;
 use crate::vm::identity::{refresh_script, FreshInputs};
 use crate::vm::record::{self, VmRecord};
-use crate::vm::{ssh, Host};
+use crate::vm::{ssh, Host, KeptMachine};
 use crate::vmm::{self, Boot, Instance, VmSpec, VmmKind};
 
 /// The slot configuration for clones of `snap` on this host.
@@ -53,6 +53,9 @@ pub struct ClonedVm {
     slots: SlotMaker,
     pub run_dir: PathBuf,
     pub disk: Option<VmDisk>,
+    /// Its own second drive when the snapshot has one (`Host::clone_drive`), zeros until an
+    /// agent's workspace is put into it.
+    pub drive: Option<PathBuf>,
     instance: Option<Box<dyn Instance>>,
     target: ssh::Target,
     /// Open once [`ClonedVm::ready`] returned: the hand-out's channel to the guest.
@@ -90,6 +93,7 @@ impl ClonedVm {
             slot: None,
             slots: slots.maker()?,
             disk: None,
+            drive: None,
             instance: None,
             target: ssh::Target {
                 addr: SocketAddr::from(([0, 0, 0, 0], 22)),
@@ -174,6 +178,12 @@ impl ClonedVm {
         std::fs::create_dir_all(&self.run_dir)
             .with_context(|| format!("creating {}", self.run_dir.display()))?;
         let m = &snap.machine;
+        if m.workspace_mib > 0 {
+            let drive = host.clone_drive(&self.id);
+            self.drive = Some(drive.clone());
+            crate::fsops::sparse_file(&drive, u64::from(m.workspace_mib) << 20)
+                .with_context(|| format!("making {}", drive.display()))?;
+        }
         let spec = VmSpec {
             id: self.id.clone(),
             vcpus: snap.row.key.vcpus,
@@ -186,7 +196,7 @@ impl ClonedVm {
             mac: m.mac.clone(),
             run_dir: self.run_dir.clone(),
             boot: Boot::Snapshot(snap.files.clone()),
-            extra_disk: None,
+            extra_disk: self.drive.clone(),
         };
         let t = Instant::now();
         let engines = host.engines.clone();
@@ -265,6 +275,30 @@ impl ClonedVm {
             .unwrap_or_default()
     }
 
+    /// Keeps the clone running past this process, as [`crate::vm::Machine::keep`] keeps a
+    /// booted VM: its row becomes `kept` (the next runtime re-adopts it), its slot stays in use
+    /// (released with the VM by [`gc_vm`]), and the VMM, still this process's child, is reaped
+    /// by the returned handle. The open session is closed by the caller first.
+    pub fn keep(mut self) -> anyhow::Result<KeptMachine> {
+        let db = self.host.db()?;
+        record::set_kept(&db, &self.id).context("marking the clone kept")?;
+        let mut inst = self
+            .instance
+            .take()
+            .with_context(|| format!("clone {} has no running VMM", self.id))?;
+        let pid = inst.pid();
+        inst.detach();
+        drop(inst);
+        self.session = None;
+        self.finished = true;
+        Ok(KeptMachine::from_child(
+            self.id.clone(),
+            self.outside(),
+            String::new(),
+            pid,
+        ))
+    }
+
     /// Tears everything down in reverse order. Returns what could not be removed.
     pub fn destroy(&mut self) -> Vec<String> {
         if self.finished {
@@ -304,6 +338,13 @@ impl ClonedVm {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => errors.push(format!("removing {}: {e}", self.run_dir.display())),
         }
+        if let Some(d) = self.drive.take() {
+            match std::fs::remove_file(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("removing {}: {e}", d.display())),
+            }
+        }
         if self.recorded && errors.is_empty() {
             match self.host.db() {
                 Ok(db) => {
@@ -324,6 +365,20 @@ impl Drop for ClonedVm {
             tracing::warn!(vm = %self.id, "clone cleanup failed (run `fireclaw gc`): {e}");
         }
     }
+}
+
+/// Removes one VM as `vm::gc` does and then the slot it held, if it was a clone: what removing
+/// a kept VM means wherever it is done (an agent's stop, its death, the runtime's supervisor).
+pub fn gc_vm(host: &Host, id: &str) -> anyhow::Result<crate::vm::GcReport> {
+    let mut report = crate::vm::gc(host, false, Some(id))?;
+    if report.errors.is_empty() {
+        if let Err(e) = release_slots_of_gone_vms(host) {
+            report
+                .errors
+                .push(format!("releasing its clone slot: {e:#}"));
+        }
+    }
+    Ok(report)
 }
 
 /// Releases the slots held by VMs that no longer have a row (after `vm::gc` removed them): the

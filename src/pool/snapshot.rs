@@ -33,6 +33,11 @@ pub struct Recipe {
     pub vmm: VmmKind,
     pub vcpus: u8,
     pub mem_mib: u32,
+    /// Boot with a second drive of this many MiB (an agent's workspace; 0: none). The drive is
+    /// zeros, so the image's fstab mount of it fails and nothing is mounted when the snapshot is
+    /// taken: each clone gets its own drive of this size, and the agent's workspace is put into
+    /// it before the guest mounts it.
+    pub workspace_mib: u32,
 }
 
 impl Recipe {
@@ -42,6 +47,7 @@ impl Recipe {
             engine: self.vmm.as_str().into(),
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
+            workspace_mib: self.workspace_mib,
         }
     }
 }
@@ -63,10 +69,16 @@ pub struct MachineFile {
     /// image is the one that booted, whatever the image's manifest says later.
     pub user: String,
     pub host_key: String,
+    /// The second drive's size in MiB (0: the guest has none); a clone gets its own drive of
+    /// exactly this size.
+    #[serde(default)]
+    pub workspace_mib: u32,
 }
 
 pub const MACHINE_FILE: &str = "machine.json";
 pub const DISK_FILE: &str = "disk";
+/// The zeroed second drive a workspace snapshot boots with (removed once the snapshot is taken).
+pub const PLACEHOLDER_FILE: &str = "workspace-placeholder";
 
 /// A ready snapshot's files, as a restore needs them.
 #[derive(Debug, Clone)]
@@ -248,6 +260,16 @@ async fn make_files(
     dir: &Path,
     timeout: Duration,
 ) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let placeholder = match recipe.workspace_mib {
+        0 => None,
+        mib => {
+            let p = dir.join(PLACEHOLDER_FILE);
+            crate::fsops::sparse_file(&p, u64::from(mib) << 20)
+                .with_context(|| format!("making {}", p.display()))?;
+            Some(p)
+        }
+    };
     let opts = LaunchOptions {
         vmm: recipe.vmm,
         vcpus: recipe.vcpus,
@@ -256,7 +278,7 @@ async fn make_files(
         policy: Policy::None,
         image: recipe.image.clone(),
         boot: Boot::Kernel,
-        extra_disk: None,
+        extra_disk: placeholder.clone(),
     };
     let h = host.clone();
     let mut machine = tokio::task::spawn_blocking(move || Machine::create(&h, &opts))
@@ -266,6 +288,10 @@ async fn make_files(
     let destroyed = tokio::task::spawn_blocking(move || machine.destroy())
         .await
         .context("the VM teardown task failed")?;
+    if let Some(p) = placeholder {
+        // Clones get drives of their own; the VMM that read this one is gone.
+        let _ = std::fs::remove_file(p);
+    }
     let bytes = result?;
     if !destroyed.is_empty() {
         anyhow::bail!(
@@ -318,6 +344,7 @@ async fn snapshot_machine(
             .host_key
             .to_openssh()
             .context("encoding the guest's host key")?,
+        workspace_mib: recipe.workspace_mib,
     };
     let path = dir.join(MACHINE_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&file)?)
@@ -397,9 +424,19 @@ mod tests {
             initrd: None,
             user: "root".into(),
             host_key: "ssh-ed25519 AAAA".into(),
+            workspace_mib: 64,
         };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<MachineFile>(&text).unwrap(), m);
+        // A machine file from before workspace drives: none.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("workspace_mib");
+        assert_eq!(
+            serde_json::from_value::<MachineFile>(old)
+                .unwrap()
+                .workspace_mib,
+            0
+        );
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v["disk_path"] = "/elsewhere".into();
         assert!(serde_json::from_value::<MachineFile>(v).is_err());
@@ -426,6 +463,7 @@ mod tests {
             engine: "qemu".into(),
             vcpus: 1,
             mem_mib: 256,
+            workspace_mib: 0,
         };
         let snaps = snapshots_dir(&host);
         for (id, ready) in [("aaaaaaaaaaaa", true), ("bbbbbbbbbbbb", false)] {

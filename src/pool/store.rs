@@ -1,5 +1,5 @@
-//! The `snapshots` table (migration 5): one ready base snapshot per (image, engine, vCPUs,
-//! memory), written before its files exist.
+//! The `snapshots` table (migrations 5 and 7): one ready base snapshot per (image, engine,
+//! vCPUs, memory, workspace drive), written before its files exist.
 
 use std::path::PathBuf;
 
@@ -16,14 +16,24 @@ pub struct SnapshotKey {
     pub engine: String,
     pub vcpus: u8,
     pub mem_mib: u32,
+    /// The size of the workspace drive the guest was booted with (agents), 0 for none.
+    pub workspace_mib: u32,
 }
 
 impl std::fmt::Display for SnapshotKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} on {} ({} vCPU, {} MiB)",
-            self.image, self.engine, self.vcpus, self.mem_mib
+            "{} on {} ({} vCPU, {} MiB{})",
+            self.image,
+            self.engine,
+            self.vcpus,
+            self.mem_mib,
+            if self.workspace_mib > 0 {
+                format!(", {} MiB workspace drive", self.workspace_mib)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -73,7 +83,8 @@ pub enum StoreError {
     Tag(#[from] serde_json::Error),
 }
 
-const COLUMNS: &str = "id, image, engine, vcpus, mem_mib, tag, dir, state, bytes, created_at";
+const COLUMNS: &str =
+    "id, image, engine, vcpus, mem_mib, tag, dir, state, bytes, created_at, workspace_mib";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
     let tag: String = r.get(5)?;
@@ -84,6 +95,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
             engine: r.get(2)?,
             vcpus: r.get(3)?,
             mem_mib: r.get(4)?,
+            workspace_mib: r.get(10)?,
         },
         tag: serde_json::from_str(&tag).ok(),
         dir: PathBuf::from(r.get::<_, String>(6)?),
@@ -102,7 +114,7 @@ pub fn begin(
     dir: &std::path::Path,
 ) -> Result<(), StoreError> {
     db.conn().execute(
-        &format!("INSERT INTO snapshots ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 0, ?8)"),
+        &format!("INSERT INTO snapshots ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'building', 0, ?8, ?9)"),
         params![
             id,
             key.image,
@@ -111,7 +123,8 @@ pub fn begin(
             key.mem_mib,
             serde_json::to_string(tag)?,
             dir.to_string_lossy(),
-            now_unix()
+            now_unix(),
+            key.workspace_mib
         ],
     )?;
     Ok(())
@@ -122,21 +135,21 @@ pub fn begin(
 /// retired snapshot's id, whose files go once no clone uses them.
 pub fn finish(db: &Db, id: &str, bytes: u64) -> Result<Option<String>, StoreError> {
     let tx = db.conn().unchecked_transaction()?;
-    let key: Option<(String, String, u8, u32)> = tx
+    let key: Option<(String, String, u8, u32, u32)> = tx
         .query_row(
-            "SELECT image, engine, vcpus, mem_mib FROM snapshots WHERE id = ?1",
+            "SELECT image, engine, vcpus, mem_mib, workspace_mib FROM snapshots WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    let Some((image, engine, vcpus, mem)) = key else {
+    let Some((image, engine, vcpus, mem, ws)) = key else {
         return Ok(None);
     };
     let old: Option<String> = tx
         .query_row(
             "SELECT id FROM snapshots WHERE image = ?1 AND engine = ?2 AND vcpus = ?3
-               AND mem_mib = ?4 AND state = 'ready'",
-            params![image, engine, vcpus, mem],
+               AND mem_mib = ?4 AND workspace_mib = ?5 AND state = 'ready'",
+            params![image, engine, vcpus, mem, ws],
             |r| r.get(0),
         )
         .optional()?;
@@ -165,9 +178,15 @@ pub fn ready(db: &Db, key: &SnapshotKey) -> Result<Option<SnapshotRow>, StoreErr
         .query_row(
             &format!(
                 "SELECT {COLUMNS} FROM snapshots WHERE image = ?1 AND engine = ?2 AND vcpus = ?3
-                   AND mem_mib = ?4 AND state = 'ready'"
+                   AND mem_mib = ?4 AND workspace_mib = ?5 AND state = 'ready'"
             ),
-            params![key.image, key.engine, key.vcpus, key.mem_mib],
+            params![
+                key.image,
+                key.engine,
+                key.vcpus,
+                key.mem_mib,
+                key.workspace_mib
+            ],
             row,
         )
         .optional()?)
@@ -186,7 +205,7 @@ pub fn get(db: &Db, id: &str) -> Result<Option<SnapshotRow>, StoreError> {
 
 pub fn list(db: &Db) -> Result<Vec<SnapshotRow>, StoreError> {
     let mut st = db.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM snapshots ORDER BY image, engine, vcpus, mem_mib, created_at"
+        "SELECT {COLUMNS} FROM snapshots ORDER BY image, engine, vcpus, mem_mib, workspace_mib, created_at"
     ))?;
     let rows = st.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
@@ -225,7 +244,30 @@ mod tests {
             engine: "qemu".into(),
             vcpus: 1,
             mem_mib: 512,
+            workspace_mib: 0,
         }
+    }
+
+    #[test]
+    fn a_snapshot_with_a_workspace_drive_is_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let agent = SnapshotKey {
+            workspace_mib: 64,
+            ..key()
+        };
+        begin(&db, "aaaaaaaaaaaa", &key(), &tag(), &dir.path().join("a")).unwrap();
+        begin(&db, "bbbbbbbbbbbb", &agent, &tag(), &dir.path().join("b")).unwrap();
+        assert_eq!(finish(&db, "aaaaaaaaaaaa", 1).unwrap(), None);
+        // Not a rebuild of the plain one: both stay ready.
+        assert_eq!(finish(&db, "bbbbbbbbbbbb", 1).unwrap(), None);
+        assert_eq!(ready(&db, &key()).unwrap().unwrap().id, "aaaaaaaaaaaa");
+        let r = ready(&db, &agent).unwrap().unwrap();
+        assert_eq!((r.id.as_str(), r.key.workspace_mib), ("bbbbbbbbbbbb", 64));
+        assert!(
+            agent.to_string().ends_with("64 MiB workspace drive)"),
+            "{agent}"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub enum Event {
 
 pub struct Pool {
     host: Mutex<Host>,
+    /// By key: an image name (clones for `fireclaw run`) or an [`AgentWant`]'s key.
     images: Mutex<BTreeMap<String, ImagePool>>,
+    /// What the agent system wants kept ready, by key (set by the runtime from `[agents] warm`).
+    agents: Mutex<BTreeMap<String, AgentWant>>,
     wake: tokio::sync::Notify,
     stopping: AtomicBool,
     /// Ids of clones the pool holds or handed out, by how they came to be.
@@ -73,6 +76,7 @@ impl Pool {
         Pool {
             host: Mutex::new(host),
             images: Mutex::new(BTreeMap::new()),
+            agents: Mutex::new(BTreeMap::new()),
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             handed: Mutex::new(HashMap::new()),
@@ -84,26 +88,66 @@ impl Pool {
         lock(&self.host).clone()
     }
 
-    /// The images the pool serves: the configuration's recipes.
-    fn wanted(&self) -> Vec<String> {
-        self.host().config.images.recipes.clone()
+    /// The keys the pool serves and how many ready clones each: the configuration's images,
+    /// then the agents' wants.
+    fn wanted(&self) -> Vec<(String, u32)> {
+        let host = self.host();
+        let target = host.config.pool.warm_per_image;
+        let mut keys: Vec<(String, u32)> = host
+            .config
+            .images
+            .recipes
+            .iter()
+            .map(|i| (i.clone(), target))
+            .collect();
+        keys.extend(lock(&self.agents).keys().map(|k| (k.clone(), AGENT_TARGET)));
+        keys
     }
 
-    fn target(&self) -> u32 {
-        self.host().config.pool.warm_per_image
+    fn target_of(&self, key: &str) -> u32 {
+        self.wanted()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |(_, t)| t)
     }
 
     pub fn status(&self) -> Vec<ImageStatus> {
         let images = lock(&self.images);
-        let target = self.target();
         self.wanted()
             .into_iter()
-            .map(|name| ImageStatus {
+            .map(|(name, target)| ImageStatus {
                 ready: images.get(&name).map_or(0, |p| p.ready.len() as u32),
                 image: name,
                 target,
             })
             .collect()
+    }
+
+    /// What the agent system wants kept ready (the runtime's start and every SIGHUP). A key whose
+    /// recipe or policy changed loses its ready clones and snapshot; keys no longer wanted are
+    /// emptied.
+    pub fn set_agent_wants(&self, wants: Vec<AgentWant>) {
+        let mut surplus = Vec::new();
+        {
+            let mut agents = lock(&self.agents);
+            let mut images = lock(&self.images);
+            let new: BTreeMap<String, AgentWant> =
+                wants.into_iter().map(|w| (w.key.clone(), w)).collect();
+            for (key, old) in agents.iter() {
+                if new.get(key).is_some_and(|w| w.same_as(old)) {
+                    continue;
+                }
+                if let Some(p) = images.remove(key) {
+                    surplus.extend(p.ready);
+                }
+            }
+            *agents = new;
+        }
+        for vm in surplus {
+            self.forget(&vm.id);
+            discard(vm);
+        }
+        self.wake.notify_one();
     }
 
     /// `Some(true)` for a VM handed out of (or waiting in) the pool, `Some(false)` for one
@@ -115,13 +159,15 @@ impl Pool {
     /// The configuration changed (SIGHUP): new targets; surplus ready clones are destroyed.
     pub fn resize(&self, config: &Config) {
         lock(&self.host).config = config.clone();
-        let target = config.pool.warm_per_image as usize;
+        let wanted = self.wanted();
         let mut surplus = Vec::new();
         {
             let mut images = lock(&self.images);
             for (name, p) in images.iter_mut() {
-                let wanted = config.images.recipes.contains(name);
-                let keep = if wanted { target } else { 0 };
+                let keep = wanted
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map_or(0, |(_, t)| *t as usize);
                 while p.ready.len() > keep {
                     if let Some(vm) = p.ready.pop_back() {
                         surplus.push(vm);
@@ -188,7 +234,10 @@ impl Pool {
             }
         }
         let host = self.host();
-        let recipe = recipe_for(&host, image)?;
+        let recipe = match lock(&self.agents).get(image) {
+            Some(w) => w.recipe.clone(),
+            None => recipe_for(&host, image)?,
+        };
         let t = Instant::now();
         let (snap, refused) = snapshot::ensure(&host, &recipe, READY_TIMEOUT).await?;
         if let Some(why) = refused {
@@ -229,28 +278,44 @@ impl Pool {
     }
 
     fn next_to_fill(&self) -> Option<String> {
-        let target = self.target() as usize;
+        let wanted = self.wanted();
         let images = lock(&self.images);
         let now = Instant::now();
-        self.wanted()
+        wanted
             .into_iter()
-            .find(|name| match images.get(name) {
-                None => target > 0,
-                Some(p) => p.ready.len() < target && p.retry_at.is_none_or(|t| t <= now),
+            .find(|(name, target)| {
+                let target = *target as usize;
+                match images.get(name) {
+                    None => target > 0,
+                    Some(p) => p.ready.len() < target && p.retry_at.is_none_or(|t| t <= now),
+                }
             })
+            .map(|(name, _)| name)
     }
 
     async fn fill_one(&self, image: &str) {
+        let policy = lock(&self.agents)
+            .get(image)
+            .map_or(POOL_POLICY, |w| w.policy);
         let result = async {
             let (snap, slots) = self.snapshot_for(image).await?;
-            self.restore(&snap, slots, POOL_POLICY).await
+            self.restore(&snap, slots, policy).await
         }
         .await;
         let mut images = lock(&self.images);
         let p = images.entry(image.to_string()).or_default();
         match result {
+            // Wanted no more (or for another recipe) while it was restored.
+            Ok(vm) if self.target_of(image) == 0 => {
+                drop(images);
+                discard(vm);
+            }
             Ok(vm) if !self.stopping.load(Ordering::SeqCst) => {
-                tracing::debug!(image, vm = %vm.id, "pooled clone ready");
+                if lock(&self.agents).contains_key(image) {
+                    tracing::info!("warm pool: {image} ready (VM {})", vm.id);
+                } else {
+                    tracing::debug!(image, vm = %vm.id, "pooled clone ready");
+                }
                 lock(&self.handed).insert(vm.id.clone(), true);
                 p.ready.push_back(vm);
                 p.failures = 0;
@@ -330,6 +395,32 @@ impl Pool {
     }
 }
 
+/// Ready clones kept per agent want: an `!invoke` takes one, and the refill restores the next.
+const AGENT_TARGET: u32 = 1;
+
+/// A kind of agent the pool keeps one clone of, ready: restored from a snapshot with a
+/// workspace drive, in a slot with the agent's network policy, its guest agent waiting for its
+/// configuration.
+#[derive(Clone)]
+pub struct AgentWant {
+    /// `agent:TEMPLATE`.
+    pub key: String,
+    pub recipe: Recipe,
+    pub policy: Policy,
+}
+
+impl AgentWant {
+    pub fn key_for(template: &str) -> String {
+        format!("agent:{template}")
+    }
+
+    fn same_as(&self, other: &AgentWant) -> bool {
+        self.recipe.key() == other.recipe.key()
+            && self.recipe.image.kernel == other.recipe.image.kernel
+            && self.policy == other.policy
+    }
+}
+
 /// The recipe for `image` on this host: the engine `run` would pick, the configured size.
 pub fn recipe_for(host: &Host, image: &str) -> anyhow::Result<Recipe> {
     let spec = image::resolve(
@@ -350,6 +441,7 @@ pub fn recipe_for(host: &Host, image: &str) -> anyhow::Result<Recipe> {
         },
         vcpus: host.config.pool.vcpus,
         mem_mib: host.config.pool.mem_mib,
+        workspace_mib: 0,
     })
 }
 

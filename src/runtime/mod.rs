@@ -210,9 +210,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // After start-up's reconcile: the pool's slots and snapshots are made on a clean host.
     let refill = tokio::spawn(warm.clone().refill());
     let svc = service.clone();
-    let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
-        svc.host()
-    })));
+    let manager = Arc::new(
+        crate::agents::manager::Manager::new(Arc::new(move || svc.host())).with_pool(warm.clone()),
+    );
+    set_agent_wants(&service.host(), &warm);
     let _ = service.agents.set(manager.clone());
     let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(64);
     let checker = crate::agents::health::Checker::new(
@@ -259,6 +260,25 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the warm pool which agents to keep ready (`[agents] warm`), saying what it skips.
+pub(crate) fn set_agent_wants(host: &crate::vm::Host, warm: &crate::pool::warm::Pool) {
+    let (wants, notes) = crate::agents::launch::warm_wants(host);
+    for n in notes {
+        tracing::warn!("agents: {n}");
+    }
+    if !wants.is_empty() {
+        tracing::info!(
+            "agents: keeping warm: {}",
+            wants
+                .iter()
+                .map(|w| w.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    warm.set_agent_wants(wants);
 }
 
 /// Tells systemd (when it started us with NOTIFY_SOCKET) how the service is doing.

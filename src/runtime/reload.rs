@@ -1,5 +1,5 @@
-//! SIGHUP: re-read the configuration. The `[pool]` section takes effect at once; other sections
-//! need a restart (the bridge, paths and tables are in use) and are reported, not applied. A file
+//! SIGHUP: re-read the configuration. The `[pool]` and `[agents]` sections (and the agent
+//! templates kept warm) take effect at once; other sections need a restart (the bridge, paths and tables are in use) and are reported, not applied. A file
 //! that does not parse or validate is refused and the configuration in effect is kept.
 
 use crate::config::{Config, Pool};
@@ -74,14 +74,24 @@ pub fn reload(service: &Service) -> bool {
             later.join("], [")
         );
     }
+    let agents_changed = old.agents != new.agents;
+    let mut applied = old;
+    applied.agents = new.agents;
+    if agents_changed {
+        tracing::info!("SIGHUP: [agents] applied");
+        service.set_config(applied.clone());
+    }
+    // Templates may have changed on disk as well: the warm agents are looked up again.
+    if let Some(warm) = &service.warm {
+        super::set_agent_wants(&service.host(), warm);
+    }
     if changes.is_empty() {
         tracing::info!("SIGHUP: configuration reloaded; [pool] unchanged");
-        return false;
+        return agents_changed;
     }
     for c in &changes {
         tracing::info!("SIGHUP: {c}");
     }
-    let mut applied = old;
     applied.pool = new.pool;
     service.set_config(applied.clone());
     service.pool.resize(&applied);

@@ -120,7 +120,7 @@ fn supervise_once(service: &Service) -> anyhow::Result<()> {
         if let Some(m) = service.agents.get() {
             m.note_console(&id, &host.run_dir(&id).join("console.log"));
         }
-        let report = vm::gc(&host, false, Some(&id))?;
+        let report = crate::pool::clone::gc_vm(&host, &id)?;
         if report.errors.is_empty() {
             tracing::warn!("kept VM {id}: its VMM died; torn down");
         } else {
@@ -206,7 +206,7 @@ pub fn remove(service: &Service, id: &str) -> anyhow::Result<RemoveOutcome> {
     if record::get(&db, id)?.is_none() {
         return Ok(RemoveOutcome::NotFound);
     }
-    let report = vm::gc(&host, false, Some(id))?;
+    let report = crate::pool::clone::gc_vm(&host, id)?;
     if let Ok(mut a) = service.adopted.lock() {
         a.remove(id);
     }

@@ -165,6 +165,12 @@ const MIGRATIONS: &[&str] = &[
         vm_id TEXT UNIQUE,
         created_at INTEGER NOT NULL
      );",
+    // 7: a snapshot booted with a workspace drive (agents): its size in MiB, 0 for none. QEMU
+    // restores only onto the device set it saved, so it is part of what a snapshot is for.
+    "ALTER TABLE snapshots ADD COLUMN workspace_mib INTEGER NOT NULL DEFAULT 0;
+     DROP INDEX one_ready_snapshot;
+     CREATE UNIQUE INDEX one_ready_snapshot ON snapshots (image, engine, vcpus, mem_mib, workspace_mib)
+        WHERE state = 'ready';",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,16 @@ impl Host {
             .join(id)
     }
 
+    /// A clone's own second drive (an agent snapshot's workspace drive): beside the copy
+    /// engine's disks, on the filesystem of the agents' workspaces, so that a workspace can be
+    /// renamed onto it. Removed with the VM (by `gc` too) unless it became a workspace.
+    pub fn clone_drive(&self, id: &str) -> PathBuf {
+        self.root
+            .host(&self.config.paths.state_dir)
+            .join("disks")
+            .join(format!("{id}.vdb"))
+    }
+
     /// The reflink/sparse-copy engine: works everywhere.
     pub fn disk_engine(&self) -> Box<dyn DiskEngine> {
         Box::new(CloneEngine::new(
@@ -427,6 +437,18 @@ pub struct KeptMachine {
 }
 
 impl KeptMachine {
+    /// A kept VM whose VMM (`pid`, a child of this process) was started elsewhere than
+    /// [`Machine::keep`]: a clone restored from a snapshot.
+    pub fn from_child(id: String, ip: Option<Ipv4Addr>, tap: String, pid: u32) -> KeptMachine {
+        KeptMachine {
+            id,
+            ip,
+            tap,
+            pid,
+            reaped: false,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -530,6 +552,14 @@ fn teardown(
                 }
             }
         }
+    }
+    match std::fs::remove_file(host.clone_drive(r.id)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!(
+            "removing {}: {e}",
+            host.clone_drive(r.id).display()
+        )),
     }
     errors.extend(
         vmm::remove_leftovers(&host.engines, r.id)

@@ -127,7 +127,7 @@ pub fn boot_calls(spec: &VmSpec) -> Vec<ApiCall> {
 /// this VM's own disk (the snapshot records the disk of the machine it was taken from), then
 /// resume. A real v1.16.1 accepts `PATCH /drives/{id}` after a load.
 pub fn restore_calls(spec: &VmSpec, files: &SnapshotFiles) -> Vec<ApiCall> {
-    vec![
+    let mut calls = vec![
         call(
             "PUT",
             "/snapshot/load",
@@ -152,8 +152,20 @@ pub fn restore_calls(spec: &VmSpec, files: &SnapshotFiles) -> Vec<ApiCall> {
                 path_on_host: path_string(&spec.root_disk),
             }),
         ),
-        resume_call(),
-    ]
+    ];
+    // An agent's snapshot was taken with a workspace drive: the clone's own takes its place.
+    if let Some(extra) = &spec.extra_disk {
+        calls.push(call(
+            "PATCH",
+            &format!("/drives/{EXTRA_DRIVE}"),
+            Body::PartialDrive(PartialDrive {
+                drive_id: EXTRA_DRIVE.into(),
+                path_on_host: path_string(extra),
+            }),
+        ));
+    }
+    calls.push(resume_call());
+    calls
 }
 
 pub fn pause_call() -> ApiCall {
@@ -555,5 +567,28 @@ mod tests {
         assert_eq!(body["path_on_host"], "/w/bob.ext4");
         assert_eq!(body["is_root_device"], false);
         assert_eq!(body["is_read_only"], false);
+    }
+
+    /// A restore onto a workspace snapshot points both drives at the clone's own files before
+    /// it resumes; a plain restore touches the root drive only.
+    #[test]
+    fn a_restore_patches_the_workspace_drive_too() {
+        let paths = |calls: &[ApiCall]| calls.iter().map(|c| c.path.clone()).collect::<Vec<_>>();
+        let files = SnapshotFiles::in_dir(std::path::Path::new("/s"));
+        let plain = restore_calls(&spec(None), &files);
+        assert!(!paths(&plain).iter().any(|p| p.contains(EXTRA_DRIVE)));
+        let calls = restore_calls(&spec(Some("/w/clone.vdb")), &files);
+        let p = paths(&calls);
+        assert_eq!(
+            p,
+            [
+                "/snapshot/load",
+                "/drives/rootfs",
+                "/drives/workspace",
+                "/vm"
+            ]
+        );
+        assert_eq!(calls[2].method, "PATCH");
+        assert_eq!(calls[2].json()["path_on_host"], "/w/clone.vdb");
     }
 }

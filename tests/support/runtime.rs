@@ -105,10 +105,14 @@ impl Runtime {
     }
 
     pub fn wait_log(&self, needle: &str) {
+        self.wait_log_for(needle, Duration::from_secs(30))
+    }
+
+    pub fn wait_log_for(&self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.log_text().contains(needle) {
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < timeout,
                 "the runtime did not log {needle:?}:\n{}",
                 self.log_text()
             );
