@@ -275,6 +275,10 @@ impl AgentOps for Manager {
                 .map_err(db_err)?
                 .ok_or_else(|| no_agent(&name))?;
             let mut notes = Vec::new();
+            // Stopped before its VM goes, so the health checker does not take the stop for a
+            // death (the row goes below whatever happens).
+            store::set_state(db, &row.name, store::AgentState::Stopped, None, None)
+                .map_err(db_err)?;
             if let Some(vm) = &row.vm_id {
                 // What it did since the last health round counts too.
                 if let Ok((0, out)) = launch::exec(host, vm, health::DRAIN) {
