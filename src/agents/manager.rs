@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::agents::{health, launch, store, template::Templates, workspace};
+use crate::irc::client::Presence;
 use crate::irc::command::{is_agent_name, is_model_name};
 use crate::irc::overseer::{AgentOps, Answer};
 use crate::vm::{Host, KeptMachine};
@@ -22,6 +23,8 @@ pub struct Manager {
     children: Arc<Mutex<HashMap<String, KeptMachine>>>,
     /// The last console lines of VMs torn down before the health check looked (bounded).
     consoles: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Asks IRC whether a nick is on the server (`None`: no overseer, as in unit tests).
+    presence: Option<Presence>,
 }
 
 /// Console tails remembered at most.
@@ -35,6 +38,34 @@ impl Manager {
             host,
             children: Arc::new(Mutex::new(HashMap::new())),
             consoles: Arc::new(Mutex::new(HashMap::new())),
+            presence: None,
+        }
+    }
+
+    /// Refuses new agents named after someone on IRC, asking the server through `presence`.
+    pub fn with_presence(mut self, presence: Presence) -> Manager {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Refuses a name that is a nick on the IRC server right now (a person's: agents are
+    /// checked against the `agents` table first). When IRC cannot be asked (the overseer is not
+    /// connected, or the server does not answer) the name passes with a log line: refusing would
+    /// make `fireclaw agent start` depend on IRC being up, and an agent whose nick is taken after
+    /// all registers under an alternative (`NAME_`) rather than displacing anyone.
+    async fn check_not_on_irc(&self, name: &str) -> Result<(), String> {
+        let Some(p) = &self.presence else {
+            return Ok(());
+        };
+        match p.online(name).await {
+            Ok(Some(nick)) => Err(format!(
+                "Sorry, {nick} is someone's nick on IRC right now; choose another name for the agent."
+            )),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::info!("agents: cannot ask IRC whether {name} is on it ({e}); going on");
+                Ok(())
+            }
         }
     }
 
@@ -205,8 +236,13 @@ impl AgentOps for Manager {
         if model.as_deref().is_some_and(|m| !is_model_name(m)) {
             return Err("That is not a model name Ollama would know.".into());
         }
+        let checked = name.clone();
+        self.blocking(move |host, db| check_new_name(host, db, &checked))
+            .await?;
+        self.check_not_on_irc(&name).await?;
         let (row, tpl) = self
             .blocking(move |host, db| {
+                // Again: another invoke may have taken the name meanwhile.
                 check_new_name(host, db, &name)?;
                 let templates = Templates::load(&[&Manager::templates_dir(host)])
                     .map_err(|e| format!("The templates cannot be read: {e}"))?;

@@ -210,9 +210,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // After start-up's reconcile: the pool's slots and snapshots are made on a clean host.
     let refill = tokio::spawn(warm.clone().refill());
     let svc = service.clone();
-    let manager = Arc::new(crate::agents::manager::Manager::new(Arc::new(move || {
-        svc.host()
-    })));
+    let (presence, presence_desk) = crate::irc::client::presence();
+    let manager = Arc::new(
+        crate::agents::manager::Manager::new(Arc::new(move || svc.host())).with_presence(presence),
+    );
     let _ = service.agents.set(manager.clone());
     let (announce_tx, announce_rx) = tokio::sync::mpsc::channel(64);
     let checker = crate::agents::health::Checker::new(
@@ -225,6 +226,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         service.host(),
         manager,
         announce_rx,
+        presence_desk,
         stop_rx.clone(),
     ));
 
