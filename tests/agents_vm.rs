@@ -82,6 +82,13 @@ fn seen_or_wait(
     c.wait_for(timeout, pred)
 }
 
+/// The guest powers itself off a moment after the command returns: `poweroff -f` by the system
+/// call itself (reboot(2), LINUX_REBOOT_CMD_POWER_OFF), as the Debian test image has no poweroff
+/// binary and its kernel no sysrq, so fireclaw-init's own stop cannot power it off.
+const POWER_OFF: &str =
+    "(sleep 1; sync; perl -e 'syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)') \
+                         >/dev/null 2>&1 &";
+
 fn joined(nick: &str) -> impl Fn(&Line) -> bool + '_ {
     move |l: &Line| l.command == "JOIN" && l.nick() == Some(nick)
 }
@@ -145,6 +152,14 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
          model = \"qwen2.5-coder:7b\"\ntools = [\"run_command\", \"save_memory\"]\n\
          vcpus = 1\nmem_mib = 512\nnetwork = \"full\"\n\
          [restart]\npolicy = \"on-failure\"\nbackoff_secs = 1\nmax_restarts = 3\n",
+    )
+    .unwrap();
+    // An operator's own template whose agents come back even after a clean stop.
+    std::fs::write(
+        etc.join("agents/steady.toml"),
+        "description = \"always restarted (test size)\"\npersona = \"You are steady.\"\n\
+         model = \"qwen2.5:7b\"\ntools = []\nvcpus = 1\nmem_mib = 512\nnetwork = \"local\"\n\
+         [restart]\npolicy = \"always\"\nbackoff_secs = 1\nmax_restarts = 3\n",
     )
     .unwrap();
 
@@ -548,21 +563,9 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     );
 
     // The guest powers itself off: a clean stop, which `on-failure` leaves stopped, saying so in
-    // one line. (`poweroff -f` by the system call itself: the Debian test image has no poweroff
-    // binary and its kernel no sysrq, so fireclaw-init's own stop cannot power it off.)
+    // one line.
     let mark = alice.seen.len();
-    let off = root.fireclaw(
-        &ns,
-        &[
-            "exec",
-            &vm3,
-            "--",
-            "sh",
-            "-c",
-            "(sleep 1; sync; perl -e 'syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)') \
-             >/dev/null 2>&1 &",
-        ],
-    );
+    let off = root.fireclaw(&ns, &["exec", &vm3, "--", "sh", "-c", POWER_OFF]);
     assert!(off.status.success(), "{}", text(&off.stderr));
     let stopped = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
         l.is_privmsg("overseer", "#control") && l.text().starts_with("coder")
@@ -585,6 +588,47 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     assert!(st.contains(": stopped, VM none"), "{st}");
 
     let gone = ask(&mut alice, "!destroy coder --purge");
+    assert!(gone.contains("workspace purged"), "{gone}");
+
+    // Under `always` a clean stop is restarted. This VM is the runtime's own child, so its
+    // VMM's exit code (0) is seen as well as its console.
+    let mark = alice.seen.len();
+    let up = ask(&mut alice, "!invoke steady");
+    assert!(up.contains("steady is up"), "{up}\n{}", rt.log_text());
+    let vm4 = up
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
+        .expect("steady joins #agents");
+    let mark = alice.seen.len();
+    let off = root.fireclaw(&ns, &["exec", &vm4, "--", "sh", "-c", POWER_OFF]);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    let note = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("steady")
+    })
+    .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()));
+    assert_eq!(
+        note.text(),
+        "steady's VM shut down cleanly (its guest powered off); restart policy always: it restarts in about 3 s.",
+        "{}",
+        rt.log_text()
+    );
+    seen_or_wait(&mut alice, mark, Duration::from_secs(400), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("steady restarted")
+    })
+    .unwrap_or_else(|| panic!("steady was not restarted:\n{}", rt.log_text()));
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
+        .expect("steady back in #agents");
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.is_privmsg("overseer", "#control") && l.text().contains("died")),
+        "a clean stop announced as a death"
+    );
+    let gone = ask(&mut alice, "!destroy steady --purge");
     assert!(gone.contains("workspace purged"), "{gone}");
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");

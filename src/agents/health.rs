@@ -315,16 +315,12 @@ impl Checker {
         );
         let policy = restart.as_ref().map(|r| r.policy.as_str()).unwrap_or("?");
         let line = match (decision, end) {
-            (Decision::Restart { .. }, End::Crash) => {
-                format!(
-                    "{} restarts in {} s.",
-                    row.name,
-                    t_wait(self.track.get(&row.name))
-                )
+            (Decision::Restart { after }, End::Crash) => {
+                format!("{} restarts in about {} s.", row.name, eta(host, after))
             }
-            (Decision::Restart { .. }, End::Clean) => format!(
-                "{clean}; restart policy {policy}: it restarts in {} s.",
-                t_wait(self.track.get(&row.name))
+            (Decision::Restart { after }, End::Clean) => format!(
+                "{clean}; restart policy {policy}: it restarts in about {} s.",
+                eta(host, after)
             ),
             (Decision::Stop, _) => {
                 format!("{clean}; restart policy {policy}: it stays stopped.")
@@ -530,10 +526,10 @@ pub fn decide(restart: Option<&Restart>, end: End, streak: u32) -> Decision {
     }
 }
 
-fn t_wait(t: Option<&Track>) -> u64 {
-    t.and_then(|t| t.not_before)
-        .map(|nb| nb.saturating_duration_since(Instant::now()).as_secs())
-        .unwrap_or(0)
+/// Seconds until a restart decided now happens: at the first health round after the backoff.
+fn eta(host: &Host, backoff: Duration) -> u64 {
+    let every = u64::from(host.config.agents.health_secs).max(1);
+    backoff.as_secs().div_ceil(every) * every
 }
 
 /// The command that empties a guest's usage spool onto stdout.
