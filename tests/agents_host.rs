@@ -425,3 +425,78 @@ fn fireclaw_agent_goes_through_the_socket_and_is_audited() {
     let (status, log) = rt.stop();
     assert!(status.success(), "{log}");
 }
+
+/// An agent is never named after someone on IRC: the overseer asks the server (ISON), in any
+/// case, whether that person is in a channel with it or not; the refusal is one line, audited,
+/// and nothing is written to the agents table.
+#[test]
+#[ignore = "host tier: needs root (namespaces, nftables, ngircd as its unit runs it); run with --include-ignored"]
+fn an_agent_is_not_named_after_someone_on_irc() {
+    if !host_tier() {
+        return;
+    }
+    let fx = fixture("nick");
+    let server = fx.ngircd();
+    let rt = fx.runtime();
+    let mut alice = person(&server, "alice");
+    wait_overseer(&rt, &mut alice);
+    // bob is on the server but in no channel.
+    let _bob = IrcClient::register(server.connect().expect("connect"), "bob").expect("register");
+
+    for (text, nick) in [
+        ("!invoke worker alice", "alice"),
+        ("!invoke worker ALICE", "alice"),
+        ("!invoke worker bob", "bob"),
+    ] {
+        let _ = alice.collect(Duration::from_millis(300));
+        let mark = alice.seen.len();
+        alice.say("#control", text).expect("say");
+        let a = answer(&mut alice, "#control", 20)
+            .unwrap_or_else(|| panic!("no answer to {text:?}:\n{}", rt.log_text()));
+        assert_eq!(
+            a.text(),
+            format!("Sorry, {nick} is someone's nick on IRC right now; choose another name for the agent."),
+            "{text}"
+        );
+        let more = alice.collect(Duration::from_secs(1));
+        assert!(
+            !alice.seen[mark..]
+                .iter()
+                .chain(more.iter())
+                .any(|l| l.nick() == Some("overseer") && l.raw != a.raw && l.command == "PRIVMSG"),
+            "more than one line for {text:?}"
+        );
+    }
+    let rows = fireclaw::agents::store::list(&fx.db()).expect("agents");
+    assert!(rows.is_empty(), "{rows:?}");
+    let audit = fx.audit();
+    let refused = audit
+        .iter()
+        .find(|r| r.actor.starts_with("alice!") && r.command == "!invoke worker alice")
+        .expect("the refusal audited");
+    assert!(
+        !refused.ok && refused.result.contains("someone's nick on IRC"),
+        "{refused:?}"
+    );
+
+    // The same through the control socket.
+    let o = fx
+        .fireclaw(&["agent", "start", "worker", "--name", "Alice"])
+        .output()
+        .expect("run fireclaw");
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("alice is someone's nick on IRC"),
+        "{stderr}"
+    );
+    assert!(fireclaw::agents::store::list(&fx.db())
+        .expect("agents")
+        .is_empty());
+
+    // A name nobody is on IRC under gets to the manager (whose image is missing here).
+    let a = ask(&mut alice, "!invoke quick carol");
+    assert!(a.contains("carol could not start"), "{a}");
+    let (status, log) = rt.stop();
+    assert!(status.success(), "{log}");
+}

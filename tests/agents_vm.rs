@@ -82,6 +82,13 @@ fn seen_or_wait(
     c.wait_for(timeout, pred)
 }
 
+/// The guest powers itself off a moment after the command returns: `poweroff -f` by the system
+/// call itself (reboot(2), LINUX_REBOOT_CMD_POWER_OFF), as the Debian test image has no poweroff
+/// binary and its kernel no sysrq, so fireclaw-init's own stop cannot power it off.
+const POWER_OFF: &str =
+    "(sleep 1; sync; perl -e 'syscall(169, 0xfee1dead, 672274793, 0x4321fedc, 0)') \
+                         >/dev/null 2>&1 &";
+
 fn joined(nick: &str) -> impl Fn(&Line) -> bool + '_ {
     move |l: &Line| l.command == "JOIN" && l.nick() == Some(nick)
 }
@@ -150,6 +157,14 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
          model = \"qwen2.5-coder:7b\"\ntools = [\"run_command\", \"save_memory\"]\n\
          vcpus = 1\nmem_mib = 512\nnetwork = \"full\"\n\
          [restart]\npolicy = \"on-failure\"\nbackoff_secs = 1\nmax_restarts = 3\n",
+    )
+    .unwrap();
+    // An operator's own template whose agents come back even after a clean stop.
+    std::fs::write(
+        etc.join("agents/steady.toml"),
+        "description = \"always restarted (test size)\"\npersona = \"You are steady.\"\n\
+         model = \"qwen2.5:7b\"\ntools = []\nvcpus = 1\nmem_mib = 512\nnetwork = \"local\"\n\
+         [restart]\npolicy = \"always\"\nbackoff_secs = 1\nmax_restarts = 3\n",
     )
     .unwrap();
 
@@ -474,6 +489,75 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         "coder left over the runtime's restart"
     );
 
+    // `kill -9` of the runtime: nothing of its own shutdown runs. The next start re-adopts the
+    // agent VM as it is (not restarted), the agent never left #agents, and its workspace is whole.
+    let mark = alice.seen.len();
+    let killed_log = rt.kill();
+    assert!(!killed_log.contains("stopping"), "{killed_log}");
+    let rt = Runtime::start(runtime(), rt_files.path());
+    rt.wait_log("overseer: registered");
+    rt.wait_log("re-adopted kept VM");
+    std::thread::sleep(Duration::from_secs(2));
+    let after_kill = ask(&mut alice, "!status coder");
+    assert!(
+        after_kill.contains("running") && after_kill.contains("1 restarts"),
+        "{after_kill}\n{}",
+        rt.log_text()
+    );
+    assert_eq!(
+        after_kill.split("VM ").nth(1).map(|s| s.split(',').next()),
+        status.split("VM ").nth(1).map(|s| s.split(',').next()),
+        "the agent VM changed over the runtime's kill -9"
+    );
+    // Health rounds run against the re-adopted VM without finding it dead.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.nick() == Some("coder")
+                && matches!(l.command.as_str(), "QUIT" | "PART" | "JOIN")),
+        "coder left #agents over the runtime's kill -9"
+    );
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.is_privmsg("overseer", "#control") && l.text().contains("coder restart")),
+        "coder was restarted over the runtime's kill -9:\n{}",
+        rt.log_text()
+    );
+    // The VM the restart after the VMM's kill made, re-adopted twice since.
+    let vm3 = after_kill
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    let memory = root.fireclaw(&ns, &["exec", &vm3, "--", "cat", "/workspace/MEMORY.md"]);
+    assert!(
+        memory.status.success() && text(&memory.stdout).contains("marmalade-42"),
+        "MEMORY.md after kill -9: {}{}",
+        text(&memory.stdout),
+        text(&memory.stderr)
+    );
+    // The workspace checked by e2fsck while the agent runs: frozen in the guest (ext4's freeze
+    // commits the journal and marks the file system clean), read on the host, thawed.
+    let ws = root.path().join("var/lib/fireclaw/workspaces/coder.ext4");
+    let freeze = root.fireclaw(&ns, &["exec", &vm3, "--", "fsfreeze", "-f", "/workspace"]);
+    assert!(freeze.status.success(), "{}", text(&freeze.stderr));
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let thaw = root.fireclaw(&ns, &["exec", &vm3, "--", "fsfreeze", "-u", "/workspace"]);
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn of the workspace after kill -9: {}{}",
+        text(&fsck.stdout),
+        text(&fsck.stderr)
+    );
+    assert!(thaw.status.success(), "{}", text(&thaw.stderr));
+
     // !model: the configuration is pushed and SIGHUP sent; the agent stays on IRC and the next
     // question goes to the new model.
     let mark = alice.seen.len();
@@ -495,7 +579,73 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         "coder left IRC for a model change"
     );
 
+    // The guest powers itself off: a clean stop, which `on-failure` leaves stopped, saying so in
+    // one line.
+    let mark = alice.seen.len();
+    let off = root.fireclaw(&ns, &["exec", &vm3, "--", "sh", "-c", POWER_OFF]);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    let stopped = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("coder")
+    })
+    .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()));
+    assert_eq!(
+        stopped.text(),
+        "coder's VM shut down cleanly (its guest powered off); restart policy on-failure: it stays stopped.",
+        "{}",
+        rt.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let notes: Vec<_> = alice.seen[mark..]
+        .iter()
+        .filter(|l| l.is_privmsg("overseer", "#control"))
+        .map(|l| l.text().to_string())
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let st = ask(&mut alice, "!status coder");
+    assert!(st.contains(": stopped, VM none"), "{st}");
+
     let gone = ask(&mut alice, "!destroy coder --purge");
+    assert!(gone.contains("workspace purged"), "{gone}");
+
+    // Under `always` a clean stop is restarted. This VM is the runtime's own child, so its
+    // VMM's exit code (0) is seen as well as its console.
+    let mark = alice.seen.len();
+    let up = ask(&mut alice, "!invoke steady");
+    assert!(up.contains("steady is up"), "{up}\n{}", rt.log_text());
+    let vm4 = up
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
+        .expect("steady joins #agents");
+    let mark = alice.seen.len();
+    let off = root.fireclaw(&ns, &["exec", &vm4, "--", "sh", "-c", POWER_OFF]);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    let note = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("steady")
+    })
+    .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()));
+    assert_eq!(
+        note.text(),
+        "steady's VM shut down cleanly (its guest powered off); restart policy always: it restarts in about 3 s.",
+        "{}",
+        rt.log_text()
+    );
+    seen_or_wait(&mut alice, mark, Duration::from_secs(400), |l| {
+        l.is_privmsg("overseer", "#control") && l.text().starts_with("steady restarted")
+    })
+    .unwrap_or_else(|| panic!("steady was not restarted:\n{}", rt.log_text()));
+    seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
+        .expect("steady back in #agents");
+    assert!(
+        !alice.seen[mark..]
+            .iter()
+            .any(|l| l.is_privmsg("overseer", "#control") && l.text().contains("died")),
+        "a clean stop announced as a death"
+    );
+    let gone = ask(&mut alice, "!destroy steady --purge");
     assert!(gone.contains("workspace purged"), "{gone}");
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");

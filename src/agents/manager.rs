@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::agents::{health, launch, store, template::Templates, workspace};
+use crate::irc::client::Presence;
 use crate::irc::command::{is_agent_name, is_model_name};
 use crate::irc::overseer::{AgentOps, Answer};
 use crate::vm::{Host, KeptMachine};
@@ -24,6 +25,8 @@ pub struct Manager {
     consoles: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// The warm pool, for `[agents] warm` templates (`None`: every agent starts cold).
     pool: Option<Arc<crate::pool::warm::Pool>>,
+    /// Asks IRC whether a nick is on the server (`None`: no overseer, as in unit tests).
+    presence: Option<Presence>,
 }
 
 /// Console tails remembered at most.
@@ -38,6 +41,34 @@ impl Manager {
             children: Arc::new(Mutex::new(HashMap::new())),
             consoles: Arc::new(Mutex::new(HashMap::new())),
             pool: None,
+            presence: None,
+        }
+    }
+
+    /// Refuses new agents named after someone on IRC, asking the server through `presence`.
+    pub fn with_presence(mut self, presence: Presence) -> Manager {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Refuses a name that is a nick on the IRC server right now (a person's: agents are
+    /// checked against the `agents` table first). When IRC cannot be asked (the overseer is not
+    /// connected, or the server does not answer) the name passes with a log line: refusing would
+    /// make `fireclaw agent start` depend on IRC being up, and an agent whose nick is taken after
+    /// all registers under an alternative (`NAME_`) rather than displacing anyone.
+    async fn check_not_on_irc(&self, name: &str) -> Result<(), String> {
+        let Some(p) = &self.presence else {
+            return Ok(());
+        };
+        match p.online(name).await {
+            Ok(Some(nick)) => Err(format!(
+                "Sorry, {nick} is someone's nick on IRC right now; choose another name for the agent."
+            )),
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::info!("agents: cannot ask IRC whether {name} is on it ({e}); going on");
+                Ok(())
+            }
         }
     }
 
@@ -214,8 +245,13 @@ impl AgentOps for Manager {
         if model.as_deref().is_some_and(|m| !is_model_name(m)) {
             return Err("That is not a model name Ollama would know.".into());
         }
+        let checked = name.clone();
+        self.blocking(move |host, db| check_new_name(host, db, &checked))
+            .await?;
+        self.check_not_on_irc(&name).await?;
         let (row, tpl) = self
             .blocking(move |host, db| {
+                // Again: another invoke may have taken the name meanwhile.
                 check_new_name(host, db, &name)?;
                 let templates = Templates::load(&[&Manager::templates_dir(host)])
                     .map_err(|e| format!("The templates cannot be read: {e}"))?;
@@ -310,6 +346,10 @@ impl AgentOps for Manager {
                 .map_err(db_err)?
                 .ok_or_else(|| no_agent(&name))?;
             let mut notes = Vec::new();
+            // Stopped before its VM goes, so the health checker does not take the stop for a
+            // death (the row goes below whatever happens).
+            store::set_state(db, &row.name, store::AgentState::Stopped, None, None)
+                .map_err(db_err)?;
             if let Some(vm) = &row.vm_id {
                 // What it did since the last health round counts too.
                 if let Ok((0, out)) = launch::exec(host, vm, health::DRAIN) {

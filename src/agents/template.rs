@@ -218,8 +218,8 @@ impl NetworkPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Restart {
-    /// `on-failure` (restart when the VM or guest agent dies), `always` (also after a clean
-    /// exit of the guest agent) or `never`.
+    /// `on-failure` (restart when the VM crashes or its guest agent stops answering), `always`
+    /// (also after a clean shutdown: the guest powered off) or `never`.
     pub policy: RestartPolicy,
     /// Seconds before the first restart; doubled after each restart in a row, capped at 300.
     pub backoff_secs: BackoffSecs,
@@ -243,6 +243,16 @@ pub enum RestartPolicy {
     OnFailure,
     Always,
     Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+            RestartPolicy::Never => "never",
+        }
+    }
 }
 
 /// 1..=300 seconds.

@@ -5,15 +5,18 @@
 //! Commands run one at a time on a worker task, so PINGs are answered while an `!invoke` boots a
 //! VM; a burst beyond the queue is refused with one line per sender and still audited, so 100
 //! commands in a second neither crash anything nor vanish from the audit trail.
+//!
+//! [`Presence`] lets the agent manager ask the server (`ISON`) whether a nick is on it, so an agent
+//! is never named after a person who is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use irc::client::prelude::{Client, Command as IrcCommand, Config as IrcConfig, Prefix, Response};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::irc::command;
 use crate::irc::overseer::{AgentOps, Outcome, Overseer, Place, Reply, Sender, Target};
@@ -53,6 +56,72 @@ pub enum News {
     },
 }
 
+/// How long an `ISON` may take: the server answers at once, or the connection is in trouble.
+const ISON_TIMEOUT: Duration = Duration::from_secs(5);
+/// `ISON` questions waiting to be sent.
+const ISON_QUEUE: usize = 8;
+
+/// Asks the server whether a nick is on it, over the overseer's connection. `ISON` asks the whole
+/// server at the moment of asking (people in no channel the overseer shares included), so there is
+/// no membership list to keep in step with JOIN/PART/QUIT/NICK and reconnects.
+#[derive(Clone)]
+pub struct Presence {
+    queries: mpsc::Sender<IsonQuery>,
+    connected: watch::Receiver<bool>,
+}
+
+/// The connection's end of [`Presence`]: handed to [`run`].
+pub struct PresenceDesk {
+    queries: mpsc::Receiver<IsonQuery>,
+    connected: watch::Sender<bool>,
+}
+
+struct IsonQuery {
+    nick: String,
+    answer: oneshot::Sender<Vec<String>>,
+}
+
+/// A [`Presence`] and the desk its questions go to.
+pub fn presence() -> (Presence, PresenceDesk) {
+    let (tx, rx) = mpsc::channel(ISON_QUEUE);
+    let (ctx, crx) = watch::channel(false);
+    (
+        Presence {
+            queries: tx,
+            connected: crx,
+        },
+        PresenceDesk {
+            queries: rx,
+            connected: ctx,
+        },
+    )
+}
+
+impl Presence {
+    /// `Ok(Some(nick))` (as the server spells it) when `nick` is on the server, `Ok(None)` when
+    /// not, `Err(why)` when the server cannot be asked now (the overseer is not connected, or
+    /// no answer came in time).
+    pub async fn online(&self, nick: &str) -> Result<Option<String>, String> {
+        if !*self.connected.borrow() {
+            return Err("the overseer is not connected to IRC".into());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .try_send(IsonQuery {
+                nick: nick.to_string(),
+                answer: tx,
+            })
+            .map_err(|_| "too many questions to IRC at once".to_string())?;
+        match tokio::time::timeout(ISON_TIMEOUT, rx).await {
+            Ok(Ok(on)) => Ok(on.into_iter().find(|n| n.eq_ignore_ascii_case(nick))),
+            Ok(Err(_)) => Err("the IRC connection ended before the server answered".into()),
+            Err(_) => Err(format!(
+                "the server did not answer ISON in {ISON_TIMEOUT:?}"
+            )),
+        }
+    }
+}
+
 /// A command for the worker.
 struct Job {
     who: Sender,
@@ -68,6 +137,7 @@ pub async fn run<O>(
     ops: Arc<O>,
     audit: Arc<dyn Audit>,
     mut announce: mpsc::Receiver<News>,
+    mut desk: PresenceDesk,
     mut stop: watch::Receiver<bool>,
 ) where
     O: AgentOps + Send + Sync + 'static,
@@ -82,10 +152,12 @@ pub async fn run<O>(
             &job_tx,
             &mut out_rx,
             &mut announce,
+            &mut desk,
             audit.as_ref(),
             &mut stop,
         )
         .await;
+        let _ = desk.connected.send(false);
         if *stop.borrow() {
             break;
         }
@@ -127,6 +199,7 @@ async fn session(
     jobs: &mpsc::Sender<Job>,
     out: &mut mpsc::Receiver<Reply>,
     announce: &mut mpsc::Receiver<News>,
+    desk: &mut PresenceDesk,
     audit: &dyn Audit,
     stop: &mut watch::Receiver<bool>,
 ) -> (String, bool) {
@@ -147,6 +220,9 @@ async fn session(
     // Commands from senders whose operator status is being asked with USERHOST.
     let mut pending: HashMap<String, Vec<(Place, String, Sender)>> = HashMap::new();
     let mut told = Told::new();
+    // ISON questions sent, in order: the server answers them in the order asked. Dropped with
+    // the session, which tells each asker the connection ended.
+    let mut ison: VecDeque<oneshot::Sender<Vec<String>>> = VecDeque::new();
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -164,6 +240,14 @@ async fn session(
                         }
                         for c in &conn.channels {
                             let _ = client.send_join(c);
+                        }
+                        let _ = desk.connected.send(true);
+                    }
+                    IrcCommand::Response(Response::RPL_ISON, args) => {
+                        if let Some(asker) = ison.pop_front() {
+                            // `303 me :nick nick…`; the list is empty when no one asked about is on.
+                            let on = args.get(1).map(|l| l.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
+                            let _ = asker.send(on);
                         }
                     }
                     IrcCommand::Response(Response::RPL_YOUREOPER, _) => {
@@ -214,6 +298,11 @@ async fn session(
                 }
             }
             Some(reply) = out.recv() => send_reply(&client, &reply),
+            Some(q) = desk.queries.recv(), if welcomed => {
+                if client.send(IrcCommand::ISON(vec![q.nick])).is_ok() {
+                    ison.push_back(q.answer);
+                }
+            }
             Some(news) = announce.recv(), if welcomed => match news {
                 News::Say(reply) => send_reply(&client, &reply),
                 News::Kill { nick, reason } => {
@@ -331,5 +420,32 @@ mod tests {
         );
         assert!(parse_userhost("").is_empty());
         assert!(parse_userhost("garbage").is_empty());
+    }
+
+    #[test]
+    fn presence_answers_from_ison_in_any_case_and_not_while_disconnected() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (p, mut desk) = presence();
+            assert!(p.online("alice").await.is_err(), "asked while disconnected");
+            desk.connected.send(true).unwrap();
+            let server = tokio::spawn(async move {
+                // The server as ngircd answers: the nicks that are on, as they registered.
+                while let Some(q) = desk.queries.recv().await {
+                    let on = if q.nick.eq_ignore_ascii_case("alice") {
+                        vec!["Alice".to_string()]
+                    } else {
+                        Vec::new()
+                    };
+                    let _ = q.answer.send(on);
+                }
+            });
+            assert_eq!(p.online("ALICE").await, Ok(Some("Alice".to_string())));
+            assert_eq!(p.online("bob").await, Ok(None));
+            server.abort();
+        });
     }
 }

@@ -210,8 +210,11 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     // After start-up's reconcile: the pool's slots and snapshots are made on a clean host.
     let refill = tokio::spawn(warm.clone().refill());
     let svc = service.clone();
+    let (presence, presence_desk) = crate::irc::client::presence();
     let manager = Arc::new(
-        crate::agents::manager::Manager::new(Arc::new(move || svc.host())).with_pool(warm.clone()),
+        crate::agents::manager::Manager::new(Arc::new(move || svc.host()))
+            .with_presence(presence)
+            .with_pool(warm.clone()),
     );
     set_agent_wants(&service.host(), &warm);
     let _ = service.agents.set(manager.clone());
@@ -226,6 +229,7 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         service.host(),
         manager,
         announce_rx,
+        presence_desk,
         stop_rx.clone(),
     ));
 

@@ -90,11 +90,13 @@ pub fn rules(host: &Host) -> Overseer {
     }
 }
 
-/// Runs the overseer until `stop`; `announce` carries the health checker's news.
+/// Runs the overseer until `stop`; `announce` carries the health checker's news, `presence` the
+/// manager's questions about nicks on IRC.
 pub async fn run(
     host: Host,
     manager: Arc<Manager>,
     announce: mpsc::Receiver<client::News>,
+    presence: client::PresenceDesk,
     stop: watch::Receiver<bool>,
 ) {
     let audit = Arc::new(DbAudit {
@@ -106,6 +108,7 @@ pub async fn run(
         manager,
         audit,
         announce,
+        presence,
         stop,
     )
     .await;

@@ -144,6 +144,20 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// SIGKILL, as `kill -9` sends it: no STOPPING, no cleanup of any kind. Returns the log.
+    pub fn kill(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let status = self.child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
+        self.log_text()
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
