@@ -185,7 +185,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         &config,
         format!(
             "[irc]\nadmins = [\"alice!*@*\"]\n[ollama]\nurl = \"http://172.16.0.1:11434\"\n\
-             [agents]\nimage = \"{image}\"\nhealth_secs = 3\nwarm = [\"coder\"]\n"
+             [agents]\nimage = \"{image}\"\nhealth_secs = 3\n"
         ),
     )
     .unwrap();
@@ -243,7 +243,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let up = alice
         .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
         .unwrap_or_else(|| panic!("no answer to !invoke:\n{}", rt.log_text()));
-    // The warm pool is still building the agent snapshot (a cold boot takes seconds): cold.
+    // No template is kept warm yet: cold.
     assert!(
         up.text().contains("coder is up") && up.text().contains("started cold"),
         "{up:?}\n{}",
@@ -352,8 +352,13 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         alice.seen.iter().rev().take(5).collect::<Vec<_>>()
     );
 
-    // Invoked again, it starts warm: a clone of the agent snapshot the pool restored, its
-    // workspace (with the memory) moved into the clone's drive.
+    // `[agents] warm` added and SIGHUP: the pool restores a clone of the agent snapshot. Invoked
+    // again, coder starts warm in it, its workspace (with the memory) moved into the clone's
+    // drive.
+    let mut text_now = std::fs::read_to_string(&config).unwrap();
+    text_now.push_str("warm = [\"coder\"]\n");
+    std::fs::write(&config, text_now).unwrap();
+    rt.signal(nix::sys::signal::Signal::SIGHUP);
     rt.wait_log_for("warm pool: agent:coder ready", Duration::from_secs(300));
     let mark = alice.seen.len();
     let invoked = Instant::now();
@@ -366,15 +371,27 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         "{up:?}\n{}",
         rt.log_text()
     );
+    let warm_answer = invoked.elapsed();
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
         .expect("coder joins again");
     let warm_join = invoked.elapsed();
+    eprintln!(
+        "warm: the overseer answered after {:.2} s",
+        warm_answer.as_secs_f64()
+    );
     eprintln!(
         "!invoke → coder in #agents: cold {:.1} s, warm {:.1} s ({:.1}x)",
         join_time.as_secs_f64(),
         warm_join.as_secs_f64(),
         join_time.as_secs_f64() / warm_join.as_secs_f64().max(0.001)
     );
+    for l in rt
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("warm VM taken"))
+    {
+        eprintln!("{l}");
+    }
     let before = ollama.chat_requests().len();
     ollama.push(Reply::text("marmalade-42"));
     alice

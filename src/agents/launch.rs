@@ -157,34 +157,46 @@ pub fn start_warm(
         .drive
         .clone()
         .context("the restored VM has no workspace drive")?;
+    let t = Instant::now();
     workspace::move_into(&ws, &drive)?;
+    let moved = t.elapsed();
     // Renamed: the file is the workspace now, not the clone's to remove.
     vm.drive = None;
     let session = vm
         .session
         .take()
         .context("the restored VM has no open session")?;
+    // One command for both: every process and session round trip costs a guest under emulation.
+    let script = format!(
+        "echo 1 >/proc/sys/vm/drop_caches && mount /workspace || {{ echo 'mounting /workspace failed' >&2; exit 1; }}\n{}",
+        config_script(&config)?
+    );
+    let t = Instant::now();
     let configured = block_on(async {
-        let r = async {
-            let (code, out) = run(
-                &session,
-                "echo 1 >/proc/sys/vm/drop_caches && mount /workspace",
-            )
-            .await?;
-            if code != 0 {
-                anyhow::bail!("mounting /workspace failed ({code}): {}", out.trim());
-            }
-            write_config(&session, &config).await
-        }
-        .await;
+        let r = run(&session, &script).await;
         close(session).await;
         r
     })?;
-    if let Err(e) = configured {
+    let result = match configured {
+        Ok((0, _)) => Ok(()),
+        Ok((code, out)) => Err(anyhow::anyhow!(
+            "mounting /workspace and writing {CONFIG_PATH} failed ({code}): {}",
+            out.trim()
+        )),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         let console = vm.console_tail();
         vm.destroy();
         return Err(e.context(format!("the console's last lines:\n{console}")));
     }
+    tracing::info!(
+        agent = %row.name,
+        vm = %vm.id,
+        "agents: warm VM taken: workspace moved in {} ms, mounted and configured in {} ms",
+        moved.as_millis(),
+        t.elapsed().as_millis()
+    );
     vm.keep()
 }
 
@@ -249,6 +261,16 @@ pub fn warm_wants(host: &Host) -> (Vec<AgentWant>, Vec<String>) {
 /// would be lost). Signals go to the agent user's process only: the host's own `fireclaw-guest
 /// health` and `usage --drain` run as root under the same name.
 async fn write_config(session: &ssh::Session, config: &AgentConfig) -> anyhow::Result<()> {
+    let script = config_script(config)?;
+    let (code, out) = run(session, &script).await?;
+    if code != 0 {
+        anyhow::bail!("writing {CONFIG_PATH} failed ({code}): {}", out.trim());
+    }
+    Ok(())
+}
+
+/// The shell script [`write_config`] runs.
+fn config_script(config: &AgentConfig) -> anyhow::Result<String> {
     let text = toml::to_string(config).context("serializing agent.toml")?;
     let spool_dir = config
         .usage_spool
@@ -263,11 +285,7 @@ async fn write_config(session: &ssh::Session, config: &AgentConfig) -> anyhow::R
         ssh::shell_join(&[text]),
         spool = ssh::shell_join(&[spool_dir]),
     );
-    let (code, out) = run(session, &script).await?;
-    if code != 0 {
-        anyhow::bail!("writing {CONFIG_PATH} failed ({code}): {}", out.trim());
-    }
-    Ok(())
+    Ok(script)
 }
 
 /// Ends a session without waiting on a VM that died under it: a dead guest never answers the

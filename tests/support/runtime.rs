@@ -63,7 +63,10 @@ impl Runtime {
         let log = dir.join(format!("runtime-{n}.log"));
         let child = cmd
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FIRECLAW_TEST_RUNTIME_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
