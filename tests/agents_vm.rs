@@ -6,67 +6,14 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fireclaw_testkit::irc::{IrcClient, Line};
-use fireclaw_testkit::ngircd::Ngircd;
-use fireclaw_testkit::ollama::{OllamaDouble, Reply};
+use fireclaw_testkit::ollama::Reply;
 use serde_json::json;
-use support::runtime::{GroupGuard, Runtime};
+use support::agents::AgentWorld;
+use support::runtime::Runtime;
 use support::vm::*;
-
-const PASSWORD: &str = "agents-vm-operator-password";
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| default.into())
-}
-
-/// The image in the root's image directory: a copy of the test image with this build's guest
-/// agent written into it (debugfs, no mount), as the image builder puts the workspace's build in.
-fn install_image(root: &Path, manifest: &Path, guest: &Path) -> String {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let name = m["name"].as_str().expect("manifest name").to_string();
-    let images = root.join("var/lib/fireclaw/images");
-    std::fs::create_dir_all(&images).unwrap();
-    let source = manifest
-        .parent()
-        .unwrap()
-        .join(m["image"].as_str().unwrap());
-    let copy = images.join(format!("{name}.ext4"));
-    sh_ok(&format!(
-        "cp --sparse=always --reflink=auto {} {}",
-        source.display(),
-        copy.display()
-    ));
-    let cmds = images.join("debugfs.cmds");
-    std::fs::write(
-        &cmds,
-        format!(
-            "rm /usr/local/bin/fireclaw-guest\nwrite {} /usr/local/bin/fireclaw-guest\n\
-             sif /usr/local/bin/fireclaw-guest mode 0100755\n\
-             sif /usr/local/bin/fireclaw-guest uid 0\nsif /usr/local/bin/fireclaw-guest gid 0\n",
-            guest.display()
-        ),
-    )
-    .unwrap();
-    sh_ok(&format!(
-        "debugfs -w -f {} {}",
-        cmds.display(),
-        copy.display()
-    ));
-    m["image"] = json!(copy.file_name().unwrap().to_str().unwrap());
-    std::fs::write(
-        images.join(format!("{name}.manifest.json")),
-        serde_json::to_string_pretty(&m).unwrap(),
-    )
-    .unwrap();
-    name
-}
 
 /// Waits for a line matching `pred`, looking first at what arrived since `from` (a wait for
 /// something else may have read it already).
@@ -100,140 +47,16 @@ fn said_by<'a>(nick: &'a str, target: &'a str) -> impl Fn(&Line) -> bool + 'a {
 #[test]
 #[ignore = "vm tier: needs root, QEMU, ngircd and the agent test image; run with --include-ignored"]
 fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
-    let manifest = env_path(
-        "FIRECLAW_TEST_AGENT_MANIFEST",
-        "/var/cache/fireclaw-ci/images/debian-test.manifest.json",
-    );
-    let key = env_path("FIRECLAW_TEST_SSH_KEY", "/var/cache/fireclaw-ci/ci-key");
-    // The static guest agent of this workspace (`cargo build --target x86_64-unknown-linux-musl
-    // -p fireclaw-guest`), unless FIRECLAW_GUEST_BIN names another.
-    let guest = std::env::var_os("FIRECLAW_GUEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/x86_64-unknown-linux-musl/debug/fireclaw-guest")
-        });
-    if !prerequisites("vm", true)
-        || !support::require(
-            "vm",
-            &[
-                ("the agent test image's manifest", manifest.exists()),
-                ("its SSH key", key.exists()),
-                (
-                    "the static guest agent (cargo build --target x86_64-unknown-linux-musl -p fireclaw-guest)",
-                    guest.exists(),
-                ),
-                ("debugfs", Path::new("/usr/sbin/debugfs").exists() || Path::new("/sbin/debugfs").exists()),
-                ("ngircd", Path::new(fireclaw_testkit::ngircd::UNIT_FILE).exists()),
-            ],
-        )
-    {
+    let Some(world) = AgentWorld::new("agvm") else {
         return;
-    }
-    let _lock = vm_lock();
-    let _group = GroupGuard::new();
-    let fixture = Fixture {
-        kernel: PathBuf::new(),
-        initrd: None,
-        manifest: manifest.clone(),
-        ssh_key: key,
     };
-    let ns = Netns::new("agvm");
-    // Warm agents are clones in network slots, which route through the host: as provision sets.
-    sh_ok(&format!(
-        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
-        ns.name
-    ));
-    let root = TestRoot::new(&fixture);
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let image = install_image(root.path(), &manifest, &guest);
-    let etc = root.path().join("etc/fireclaw");
-    std::fs::write(etc.join("irc-operator.pass"), PASSWORD).unwrap();
-    // The operator's override of `coder`: smaller, for emulation on a shared 2-core machine.
-    std::fs::create_dir_all(etc.join("agents")).unwrap();
-    std::fs::write(
-        etc.join("agents/coder.toml"),
-        "description = \"programmer (test size)\"\npersona = \"You are coder, a test agent.\"\n\
-         model = \"qwen2.5-coder:7b\"\ntools = [\"run_command\", \"save_memory\"]\n\
-         vcpus = 1\nmem_mib = 512\nnetwork = \"full\"\n\
-         [restart]\npolicy = \"on-failure\"\nbackoff_secs = 1\nmax_restarts = 3\n",
-    )
-    .unwrap();
-    // An operator's own template whose agents come back even after a clean stop.
-    std::fs::write(
-        etc.join("agents/steady.toml"),
-        "description = \"always restarted (test size)\"\npersona = \"You are steady.\"\n\
-         model = \"qwen2.5:7b\"\ntools = []\nvcpus = 1\nmem_mib = 512\nnetwork = \"local\"\n\
-         [restart]\npolicy = \"always\"\nbackoff_secs = 1\nmax_restarts = 3\n",
-    )
-    .unwrap();
-
-    // Ollama's double where agents reach Ollama: the bridge address.
-    let listener = {
-        let path = format!("/run/netns/{}", ns.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            std::net::TcpListener::bind("172.16.0.1:11434").unwrap()
-        })
-        .join()
-        .unwrap()
-    };
-    let ollama = OllamaDouble::start(listener, &["qwen2.5-coder:7b", "qwen2.5:7b"]);
-    let config = root.path().join("fireclaw.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[irc]\nadmins = [\"alice!*@*\"]\n[ollama]\nurl = \"http://172.16.0.1:11434\"\n\
-             [agents]\nimage = \"{image}\"\nhealth_secs = 3\n"
-        ),
-    )
-    .unwrap();
-    let parsed =
-        fireclaw::config::Config::parse(&std::fs::read_to_string(&config).unwrap(), &config)
-            .unwrap();
-
-    // ngircd as provision configures it: the bridge and loopback.
-    let run = root.path().join("ngircd-run");
-    std::fs::create_dir(&run).unwrap();
-    let irc = nix::unistd::User::from_name("irc").unwrap().unwrap();
-    nix::unistd::chown(&run, Some(irc.uid), Some(irc.gid)).unwrap();
-    let conf = root.path().join("ngircd.conf");
-    std::fs::write(
-        &conf,
-        fireclaw::irc::ngircd::render(
-            &parsed,
-            &fireclaw::irc::ngircd::NgircdParams {
-                listen: "172.16.0.1,127.0.0.1".into(),
-                port: 6667,
-                pid_file: run.join("ngircd.pid").to_str().unwrap(),
-                operator_password: PASSWORD,
-            },
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let server = Ngircd::start(&conf, &ns.name, "127.0.0.1:6667".parse().unwrap()).unwrap();
-
-    let runtime = || {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name])
-            .arg(env!("CARGO_BIN_EXE_fireclaw"))
-            .arg("--root")
-            .arg(root.path())
-            .arg("--config")
-            .arg(&config)
-            .arg("runtime");
-        cmd
-    };
-    let rt_files = tempfile::tempdir().unwrap();
+    let (ns, root, ollama) = (&world.ns, &world.root, &world.ollama);
+    let runtime = || world.runtime_command();
+    let rt_files = &world.rt_files;
     let rt = Runtime::start(runtime(), rt_files.path());
     rt.wait_log("overseer: registered");
 
-    let mut alice = IrcClient::register(server.connect().unwrap(), "alice").unwrap();
-    alice.join("#control").unwrap();
-    alice.join("#agents").unwrap();
+    let mut alice = world.person("alice");
     std::thread::sleep(Duration::from_secs(1));
 
     // !invoke coder → the agent joins #agents.
@@ -258,13 +81,13 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         .to_string();
     let diag = |vm: &str| {
         let out = root.fireclaw(
-            &ns,
+            ns,
             &[
                 "exec", vm, "--", "sh", "-c",
                 "cat /etc/fireclaw/agent.toml; ps -ef; mount | grep -E 'vd|workspace'; ls -la /workspace; ls /etc/fireclaw/services 2>&1; tail -30 /var/log/fireclaw-guest.log 2>&1",
             ],
         );
-        let logs = root.fireclaw(&ns, &["logs", vm]);
+        let logs = root.fireclaw(ns, &["logs", vm]);
         format!(
             "{}{}\nconsole:\n{}",
             text(&out.stdout),
@@ -316,7 +139,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         )
         .collect();
     let reply = lines.join("\n");
-    let kernel = root.fireclaw(&ns, &["exec", &vm, "--", "uname", "-r"]);
+    let kernel = root.fireclaw(ns, &["exec", &vm, "--", "uname", "-r"]);
     assert!(kernel.status.success(), "{}", text(&kernel.stderr));
     let release = text(&kernel.stdout).trim().to_string();
     assert!(
@@ -355,9 +178,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     // `[agents] warm` added and SIGHUP: the pool restores a clone of the agent snapshot. Invoked
     // again, coder starts warm in it, its workspace (with the memory) moved into the clone's
     // drive.
-    let mut text_now = std::fs::read_to_string(&config).unwrap();
-    text_now.push_str("warm = [\"coder\"]\n");
-    std::fs::write(&config, text_now).unwrap();
+    world.add_agents_setting("warm = [\"coder\"]");
     rt.signal(nix::sys::signal::Signal::SIGHUP);
     rt.wait_log_for("warm pool: agent:coder ready", Duration::from_secs(300));
     let mark = alice.seen.len();
@@ -549,7 +370,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         .and_then(|s| s.split(',').next())
         .unwrap()
         .to_string();
-    let memory = root.fireclaw(&ns, &["exec", &vm3, "--", "cat", "/workspace/MEMORY.md"]);
+    let memory = root.fireclaw(ns, &["exec", &vm3, "--", "cat", "/workspace/MEMORY.md"]);
     assert!(
         memory.status.success() && text(&memory.stdout).contains("marmalade-42"),
         "MEMORY.md after kill -9: {}{}",
@@ -559,14 +380,14 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     // The workspace checked by e2fsck while the agent runs: frozen in the guest (ext4's freeze
     // commits the journal and marks the file system clean), read on the host, thawed.
     let ws = root.path().join("var/lib/fireclaw/workspaces/coder.ext4");
-    let freeze = root.fireclaw(&ns, &["exec", &vm3, "--", "fsfreeze", "-f", "/workspace"]);
+    let freeze = root.fireclaw(ns, &["exec", &vm3, "--", "fsfreeze", "-f", "/workspace"]);
     assert!(freeze.status.success(), "{}", text(&freeze.stderr));
     let fsck = std::process::Command::new("e2fsck")
         .arg("-fn")
         .arg(&ws)
         .output()
         .unwrap();
-    let thaw = root.fireclaw(&ns, &["exec", &vm3, "--", "fsfreeze", "-u", "/workspace"]);
+    let thaw = root.fireclaw(ns, &["exec", &vm3, "--", "fsfreeze", "-u", "/workspace"]);
     assert!(
         fsck.status.success(),
         "e2fsck -fn of the workspace after kill -9: {}{}",
@@ -599,7 +420,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     // The guest powers itself off: a clean stop, which `on-failure` leaves stopped, saying so in
     // one line.
     let mark = alice.seen.len();
-    let off = root.fireclaw(&ns, &["exec", &vm3, "--", "sh", "-c", POWER_OFF]);
+    let off = root.fireclaw(ns, &["exec", &vm3, "--", "sh", "-c", POWER_OFF]);
     assert!(off.status.success(), "{}", text(&off.stderr));
     let stopped = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
         l.is_privmsg("overseer", "#control") && l.text().starts_with("coder")
@@ -638,7 +459,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
         .expect("steady joins #agents");
     let mark = alice.seen.len();
-    let off = root.fireclaw(&ns, &["exec", &vm4, "--", "sh", "-c", POWER_OFF]);
+    let off = root.fireclaw(ns, &["exec", &vm4, "--", "sh", "-c", POWER_OFF]);
     assert!(off.status.success(), "{}", text(&off.stderr));
     let note = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
         l.is_privmsg("overseer", "#control") && l.text().starts_with("steady")
@@ -666,8 +487,8 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     assert!(gone.contains("workspace purged"), "{gone}");
     let (exit, log) = rt.stop();
     assert!(exit.success(), "{log}");
-    drop(server);
-    root.assert_no_leaks(&ns);
+    world.stop_irc();
+    root.assert_no_leaks(ns);
     assert!(
         !root
             .path()

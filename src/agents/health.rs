@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use fireclaw_proto::UsageRecord;
 use tokio::sync::{mpsc, watch};
 
+use crate::agents::launch;
 use crate::agents::manager::Manager;
 use crate::agents::store::{self, AgentRow, AgentState};
 use crate::agents::template::{Restart, RestartPolicy, Templates};
-use crate::agents::{launch, workspace};
 use crate::irc::client::News;
 use crate::irc::overseer::{Reply, Target};
 use crate::vm::Host;
@@ -381,10 +381,8 @@ impl Checker {
                     _ => return Ok(None),
                 }
                 let count = store::count_restart(&db, &r.name).map_err(|e| e.to_string())?;
-                let ws = workspace::path(&h.root.host(&h.config.paths.state_dir), &r.name);
-                workspace::ensure(&ws).map_err(|e| e.to_string())?;
-                match launch::start(&h, &r, &tpl) {
-                    Ok(kept) => {
+                match m.start_vm(&h, &r, &tpl) {
+                    Ok((kept, _)) => {
                         let id = m.hold(kept);
                         store::set_state(&db, &r.name, AgentState::Running, Some(&id), None)
                             .map_err(|e| e.to_string())?;

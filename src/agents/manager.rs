@@ -72,6 +72,43 @@ impl Manager {
         }
     }
 
+    /// Starts `row`'s VM (blocking): in a clone the warm pool keeps ready for its template, or
+    /// cold when there is none or it cannot take the agent. The workspace is made first if it
+    /// does not exist. Returns the kept VM and how it started (`warm` or `cold`).
+    pub fn start_vm(
+        &self,
+        host: &Host,
+        row: &store::AgentRow,
+        tpl: &crate::agents::template::Template,
+    ) -> Result<(KeptMachine, &'static str), String> {
+        let ws = workspace::path(&host.root.host(&host.config.paths.state_dir), &row.name);
+        workspace::ensure(&ws).map_err(|e| format!("its workspace: {e}"))?;
+        let key = crate::pool::warm::AgentWant::key_for(&row.template);
+        if let Some((pool, vm)) = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.take(&key).map(|vm| (p, vm)))
+        {
+            let id = vm.id.clone();
+            let started = launch::start_warm(host, row, tpl, vm);
+            // The agent's now, or destroyed: either way no longer the pool's.
+            pool.forget(&id);
+            match started {
+                Ok(kept) => {
+                    tracing::info!(agent = %row.name, vm = %id, "agents: started warm");
+                    return Ok((kept, "warm"));
+                }
+                Err(e) => tracing::warn!(
+                    agent = %row.name,
+                    "agents: the warm VM {id} could not take the agent ({e:#}); booting one cold"
+                ),
+            }
+        }
+        let kept = launch::start(host, row, tpl).map_err(|e| format!("{e:#}"))?;
+        tracing::info!(agent = %row.name, vm = %kept.id, "agents: started cold");
+        Ok((kept, "cold"))
+    }
+
     /// Agents of `[agents] warm` templates start from clones this pool keeps ready.
     pub fn with_pool(mut self, pool: Arc<crate::pool::warm::Pool>) -> Manager {
         self.pool = Some(pool);
@@ -275,42 +312,11 @@ impl AgentOps for Manager {
             .await?;
         let name = row.name.clone();
         let me = self.clone();
-        let warm = self
-            .pool
-            .as_ref()
-            .and_then(|p| p.take(&crate::pool::warm::AgentWant::key_for(&row.template)));
-        let warm_id = warm.as_ref().map(|vm| vm.id.clone());
         let started = self
             .blocking(move |host, db| {
-                let mut how = "cold";
-                let result = workspace::ensure(&workspace::path(
-                    &host.root.host(&host.config.paths.state_dir),
-                    &row.name,
-                ))
-                .map_err(|e| format!("its workspace: {e}"))
-                .and_then(|_| {
-                    if let Some(vm) = warm {
-                        let id = vm.id.clone();
-                        match launch::start_warm(host, &row, &tpl, vm) {
-                            Ok(kept) => {
-                                how = "warm";
-                                return Ok(kept);
-                            }
-                            Err(e) => tracing::warn!(
-                                agent = %row.name,
-                                "agents: the warm VM {id} could not take the agent ({e:#}); booting one cold"
-                            ),
-                        }
-                    }
-                    launch::start(host, &row, &tpl).map_err(|e| format!("{e:#}"))
-                });
-                // A warm VM taken is the agent's now, or destroyed: the pool forgets it.
-                if let (Some(p), Some(id)) = (&me.pool, &warm_id) {
-                    p.forget(id);
-                }
+                let result = me.start_vm(host, &row, &tpl);
                 match result {
-                    Ok(vm) => {
-                        tracing::info!(agent = %row.name, vm = %vm.id, "agents: started {how}");
+                    Ok((vm, how)) => {
                         let vm = me.hold(vm);
                         store::set_state(
                             db,

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: tier gating, network namespaces, tree snapshots.
 #![allow(dead_code)]
 
+/// The agent system's VM-tier world (agents_vm and the agents benchmark).
+pub mod agents;
 /// Run a command inside a guest kernel that has a feature the host lacks (tier `kernel`).
 pub mod guest;
 /// Minirootfs-shaped trees and image inspection for the image tests.
