@@ -882,12 +882,34 @@ fn uninstall_tears_down_recorded_vms_first() {
         )
         .expect("insert");
     }
+    // A clone slot the VM held (a warm agent's), its namespace and its row: uninstall removes
+    // them with the VM. (A high index: the runtime's own slots count up from 0.)
+    run_ok(Command::new("ip").args(["netns", "add", "fc-slot-999"]));
+    {
+        let db = fireclaw::state::Db::open(&fx.root.join("var/lib/fireclaw/state.db")).expect("db");
+        db.conn()
+            .execute(
+                "INSERT INTO net_slots (idx, ns, host_veth, outside_ip, policy, state, vm_id, created_at)
+                 VALUES (999, 'fc-slot-999', 'fcv999h', 999, 'full', 'in_use', 'kept1', 0)",
+                [],
+            )
+            .expect("slot row");
+    }
     let dry = run_ok(&mut fx.fireclaw(&["uninstall", "--dry-run"]));
     assert!(dry.contains("tear down VM kept1"), "{dry}");
+    assert!(
+        Path::new("/run/netns/fc-slot-999").exists(),
+        "a dry-run removed the slot"
+    );
     let out = run(&mut fx.fireclaw(&["uninstall"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("kept1"), "the VM was not listed: {err}");
+    assert!(err.contains("Removed 1 clone slot"), "{err}");
+    assert!(
+        !Path::new("/run/netns/fc-slot-999").exists(),
+        "the clone slot's namespace outlived uninstall"
+    );
     let reaped = (0..100).any(|_| {
         if vmm.try_wait().expect("wait").is_some() {
             return true;

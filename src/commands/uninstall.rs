@@ -156,14 +156,28 @@ fn report(env: &Env, dry_run: bool, items: &[apply::Reversal], vms: &[VmRecord])
 /// Every VM still recorded (running, kept with `run --keep`, or left by a crash) uses the bridge,
 /// the thin pool and the database uninstall removes: each is torn down first, as `fireclaw gc
 /// --all` does, so none is orphaned. Returns the failures (nothing is reversed if there are any).
+///
+/// Clone slots go too (their namespaces, host veths and the host's `_clones` table): those of
+/// the VMs just torn down, and those a runtime that did not stop cleanly left prepared.
 fn teardown_vms(env: &Env, vms: &[VmRecord]) -> anyhow::Result<Vec<String>> {
-    if vms.is_empty() {
-        return Ok(Vec::new());
+    let host = super::engines::host(env)?;
+    let mut errors = Vec::new();
+    if !vms.is_empty() {
+        eprintln!("Tearing down {} VM(s) first:", vms.len());
+        for v in vms {
+            eprintln!("  {} ({}, tap {})", v.id, v.state, v.tap);
+        }
+        errors = crate::vm::gc(&host, true, None)?.errors;
     }
-    eprintln!("Tearing down {} VM(s) first:", vms.len());
-    for v in vms {
-        eprintln!("  {} ({}, tap {})", v.id, v.state, v.tap);
+    if errors.is_empty() {
+        match crate::pool::clone::reconcile_slots(&host) {
+            Ok(r) if r.rows + r.namespaces + r.links > 0 => eprintln!(
+                "Removed {} clone slot(s) ({} namespace(s), {} host veth(s) without a row).",
+                r.rows, r.namespaces, r.links
+            ),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("removing clone slots: {e:#}")),
+        }
     }
-    let report = crate::vm::gc(&super::engines::host(env)?, true, None)?;
-    Ok(report.errors)
+    Ok(errors)
 }
