@@ -13,8 +13,9 @@ use super::super::manifest::{self, Manifest};
 use super::super::recipe::{self, Recipe, Source};
 use crate::fetch;
 
-/// Bumped when the builder's output for the same recipe changes, so old images are rebuilt.
-pub const BUILDER_FORMAT: u32 = 1;
+/// Bumped when the builder's output for the same recipe changes, so old images are rebuilt
+/// (2: the sshd drop-in turns off PAM, motd and last-login lookups).
+pub const BUILDER_FORMAT: u32 = 2;
 
 /// What building one recipe would do, computed without changing anything.
 #[derive(Debug, Clone)]

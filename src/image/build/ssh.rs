@@ -13,6 +13,21 @@ use super::super::recipe::Recipe;
 use super::plan::recipe_file;
 use super::tree::{create_dirs, resolve_in_tree, set_meta, write_guest_file};
 
+/// The sshd drop-in. Logins are by key only, and every session (each command fireclaw runs) is
+/// cheap: no motd, no last-login lookup, and no PAM where the distribution's sshd uses it
+/// (Debian's session stack runs `update-motd.d` scripts for every command, which costs a guest
+/// under emulation a few hundred milliseconds each time; key-only root logins need nothing from
+/// it). `UsePAM` is written only where sshd has a PAM stack: a build without PAM (Alpine's)
+/// would log it as an unsupported option.
+fn drop_in(root_login: bool, pam: bool) -> String {
+    format!(
+        "# written by fireclaw image build\nHostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nPermitRootLogin {}\nUseDNS no\nPrintMotd no\nPrintLastLog no\n{}",
+        if root_login { "prohibit-password" } else { "no" },
+        if pam { "UsePAM no\n" } else { "" }
+    )
+}
+
 /// Where the OpenSSH server the `[ssh]` section configures must be once the packages are in.
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -80,11 +95,10 @@ pub(super) fn install(
         0,
         0,
     )?;
-    let conf = format!(
-        "# written by fireclaw image build\nHostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\nPermitRootLogin {}\nUseDNS no\n",
-        if root_login { "prohibit-password" } else { "no" }
-    );
+    let pam = resolve_in_tree(tree, "/etc/pam.d/sshd", false)
+        .map(|p| p.exists())
+        .unwrap_or(false);
+    let conf = drop_in(root_login, pam);
     write_guest_file(
         tree,
         "/etc/ssh/sshd_config.d/fireclaw.conf",
@@ -132,5 +146,21 @@ impl Mode0600 for fs::OpenOptions {
     fn mode_0600(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
         self.mode(0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drop_in_turns_pam_off_only_where_sshd_has_it() {
+        let debian = drop_in(true, true);
+        assert!(debian.contains("PermitRootLogin prohibit-password\n"));
+        assert!(debian.contains("UsePAM no\n") && debian.contains("PrintMotd no\n"));
+        assert!(debian.contains("PasswordAuthentication no\n"));
+        let alpine = drop_in(false, false);
+        assert!(!alpine.contains("UsePAM"), "{alpine}");
+        assert!(alpine.contains("PermitRootLogin no\n") && alpine.contains("PrintLastLog no\n"));
     }
 }
