@@ -28,18 +28,23 @@ pub fn run(env: &Env, args: &SnapshotArgs) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!(
-                "{:<12}  {:<16}  {:<11}  {:>4}  {:>6}  {:<8}  {:>9}  AGE",
-                "ID", "IMAGE", "ENGINE", "VCPU", "MiB", "STATE", "SIZE"
+                "{:<12}  {:<16}  {:<11}  {:>4}  {:>6}  {:>9}  {:<8}  {:>9}  AGE",
+                "ID", "IMAGE", "ENGINE", "VCPU", "MiB", "WORKSPACE", "STATE", "SIZE"
             );
             let now = crate::state::now_unix();
             for r in rows {
                 println!(
-                    "{:<12}  {:<16}  {:<11}  {:>4}  {:>6}  {:<8}  {:>8}M  {}",
+                    "{:<12}  {:<16}  {:<11}  {:>4}  {:>6}  {:>9}  {:<8}  {:>8}M  {}",
                     r.id,
                     r.key.image,
                     r.key.engine,
                     r.key.vcpus,
                     r.key.mem_mib,
+                    // An agent snapshot's second drive (its size in MiB), `-` for none.
+                    match r.key.workspace_mib {
+                        0 => "-".to_string(),
+                        m => format!("{m}M"),
+                    },
                     serde_json::to_value(r.state)?.as_str().unwrap_or("?"),
                     r.bytes >> 20,
                     super::runtime::human_duration(u64::try_from(now - r.created_at).unwrap_or(0))
