@@ -224,6 +224,58 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         request.contains("marmalade-42"),
         "the remembered text is not in the next request: {request}"
     );
+
+    // A warm VM that cannot take an agent (here: bob's workspace is not the size of the VM's
+    // drive) is destroyed and the agent boots cold, its workspace untouched.
+    let start = Instant::now();
+    while rt
+        .log_text()
+        .matches("warm pool: agent:coder ready")
+        .count()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the pool never refilled:\n{}",
+            rt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bob_ws = root.path().join("var/lib/fireclaw/workspaces/bob.ext4");
+    sh_ok(&format!(
+        "truncate -s 32M {p} && mkfs.ext4 -q -F -E root_owner=1000:1000 {p}",
+        p = bob_ws.display()
+    ));
+    let bob_before = std::fs::read(&bob_ws).unwrap();
+    let _ = alice.collect(Duration::from_millis(300));
+    alice.say("#control", "!invoke coder bob").unwrap();
+    let bob = alice
+        .wait_for(Duration::from_secs(400), said_by("overseer", "#control"))
+        .expect("!invoke coder bob answered");
+    assert!(
+        bob.text().contains("bob is up") && bob.text().contains("started cold"),
+        "{bob:?}\n{}",
+        rt.log_text()
+    );
+    assert!(
+        rt.log_text().contains("could not take the agent"),
+        "{}",
+        rt.log_text()
+    );
+    alice.say("#control", "!destroy bob").unwrap();
+    let gone = alice
+        .wait_for(Duration::from_secs(120), said_by("overseer", "#control"))
+        .expect("!destroy bob answered");
+    assert!(gone.text().contains("bob destroyed"), "{gone:?}");
+    let bob_after = std::fs::metadata(&bob_ws).unwrap().len();
+    assert_eq!(
+        bob_after,
+        bob_before.len() as u64,
+        "bob's workspace changed size"
+    );
+    sh_ok(&format!("e2fsck -fn {}", bob_ws.display()));
+    std::fs::remove_file(&bob_ws).unwrap();
+
     eprintln!(
         "!invoke → coder in #agents (cold): {:.1} s; → its first line: {:.1} s (of which the question → answer: {:.1} s)",
         join_time.as_secs_f64(),
