@@ -277,8 +277,10 @@ fn config_script(config: &AgentConfig) -> anyhow::Result<String> {
         .parent()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/var/lib/fireclaw-guest".into());
+    // Shell builtins where they do: each process costs a guest tens of milliseconds under
+    // emulation, and the directories usually exist already.
     let script = format!(
-        "set -e; umask 022; mkdir -p /etc/fireclaw; printf '%s' {} > {CONFIG_PATH}.new; \
+        "set -e; umask 022; [ -d /etc/fireclaw ] || mkdir -p /etc/fireclaw; printf '%s' {} > {CONFIG_PATH}.new; \
          mv {CONFIG_PATH}.new {CONFIG_PATH}; \
          [ -d {spool} ] || install -d -o {USER} -g {USER} -m 0700 {spool}; \
          pkill -HUP -u {USER} -x fireclaw-guest || true",
@@ -367,5 +369,59 @@ pub fn stop(host: &Host, vm: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!(report.errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration script parses under sh, carries hostile text only as one quoted word,
+    /// and starts no process for a directory that exists.
+    #[test]
+    fn the_config_script_quotes_the_config_and_parses() {
+        let config = AgentConfig {
+            nick: "coder".into(),
+            persona: "You are 'coder'; $(reboot) `id` \\ \"quoted\"\nnew line".into(),
+            workspace: "/workspace".into(),
+            usage_spool: proto::DEFAULT_USAGE_SPOOL.into(),
+            irc: proto::Irc {
+                server: "172.16.0.1:6667".into(),
+                channels: vec!["#agents".into()],
+                quit_message: "bye".into(),
+            },
+            ollama: proto::Ollama {
+                url: "http://172.16.0.1:11434".into(),
+                model: "m".into(),
+            },
+            searxng: None,
+            limits: proto::Limits::default(),
+        };
+        let script = config_script(&config).unwrap();
+        assert!(script.contains("[ -d /etc/fireclaw ] || mkdir -p /etc/fireclaw"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.sh");
+        std::fs::write(&file, &script).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The printf's argument, unquoted by sh, is the TOML exactly.
+        let printed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s' {}",
+                ssh::shell_join(&[toml::to_string(&config).unwrap()])
+            ))
+            .output()
+            .unwrap();
+        let back: AgentConfig = toml::from_str(&String::from_utf8_lossy(&printed.stdout)).unwrap();
+        assert_eq!(back.persona, config.persona);
     }
 }
