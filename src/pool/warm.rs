@@ -129,8 +129,9 @@ impl Pool {
     pub fn set_agent_wants(&self, wants: Vec<AgentWant>) {
         let mut surplus = Vec::new();
         {
-            let mut agents = lock(&self.agents);
+            // Lock order, everywhere: `images`, then `agents`.
             let mut images = lock(&self.images);
+            let mut agents = lock(&self.agents);
             let new: BTreeMap<String, AgentWant> =
                 wants.into_iter().map(|w| (w.key.clone(), w)).collect();
             for (key, old) in agents.iter() {
@@ -234,8 +235,9 @@ impl Pool {
             }
         }
         let host = self.host();
-        let recipe = match lock(&self.agents).get(image) {
-            Some(w) => w.recipe.clone(),
+        let wanted = lock(&self.agents).get(image).map(|w| w.recipe.clone());
+        let recipe = match wanted {
+            Some(r) => r,
             None => recipe_for(&host, image)?,
         };
         let t = Instant::now();
