@@ -196,6 +196,25 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("coder"))
         .expect("coder joins again");
     let warm_join = invoked.elapsed();
+    // `ps` says where it came from.
+    let warm_vm = up
+        .text()
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_string();
+    let ps = root.fireclaw(ns, &["ps", "--json"]);
+    let listed: fireclaw_proto::control::VmList =
+        serde_json::from_slice(&ps.stdout).expect("ps --json");
+    assert!(
+        listed
+            .vms
+            .iter()
+            .any(|v| v.id == warm_vm && v.origin == fireclaw_proto::control::Origin::Pool),
+        "ps does not show {warm_vm} from the pool: {}",
+        text(&ps.stdout)
+    );
     eprintln!(
         "warm: the overseer answered after {:.2} s",
         warm_answer.as_secs_f64()

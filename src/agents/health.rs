@@ -258,6 +258,7 @@ impl Checker {
         };
         let (h, id) = (host.clone(), vm.to_string());
         let _ = tokio::task::spawn_blocking(move || crate::pool::clone::gc_vm(&h, &id)).await;
+        self.manager.forget_vm(vm);
         let templates = Templates::load(&[&Manager::templates_dir(host)]);
         let restart = templates
             .as_ref()

@@ -90,23 +90,32 @@ impl Manager {
             .and_then(|p| p.take(&key).map(|vm| (p, vm)))
         {
             let id = vm.id.clone();
-            let started = launch::start_warm(host, row, tpl, vm);
-            // The agent's now, or destroyed: either way no longer the pool's.
-            pool.forget(&id);
-            match started {
+            match launch::start_warm(host, row, tpl, vm) {
                 Ok(kept) => {
+                    // Still known to the pool, so `ps` says it came from there, until the
+                    // agent's VM goes ([`Manager::forget_vm`]).
                     tracing::info!(agent = %row.name, vm = %id, "agents: started warm");
                     return Ok((kept, "warm"));
                 }
-                Err(e) => tracing::warn!(
-                    agent = %row.name,
-                    "agents: the warm VM {id} could not take the agent ({e:#}); booting one cold"
-                ),
+                Err(e) => {
+                    pool.forget(&id);
+                    tracing::warn!(
+                        agent = %row.name,
+                        "agents: the warm VM {id} could not take the agent ({e:#}); booting one cold"
+                    )
+                }
             }
         }
         let kept = launch::start(host, row, tpl).map_err(|e| format!("{e:#}"))?;
         tracing::info!(agent = %row.name, vm = %kept.id, "agents: started cold");
         Ok((kept, "cold"))
+    }
+
+    /// An agent's VM is gone: the pool, which made it if it started warm, forgets it.
+    pub fn forget_vm(&self, vm: &str) {
+        if let Some(p) = &self.pool {
+            p.forget(vm);
+        }
     }
 
     /// Agents of `[agents] warm` templates start from clones this pool keeps ready.
@@ -374,6 +383,7 @@ impl AgentOps for Manager {
                         let _ = k.exited();
                     }
                 }
+                me.forget_vm(vm);
             }
             if purge {
                 let path =
