@@ -101,6 +101,7 @@ static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
+        fireclaw_testkit::netns::reap_orphans("fct");
         let name = format!(
             "fct-{tag}-{}-{}",
             std::process::id(),

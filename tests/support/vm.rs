@@ -127,6 +127,7 @@ impl Netns {
     pub fn new(tag: &str) -> Netns {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
+        fireclaw_testkit::netns::reap_orphans("fct");
         let name = format!(
             "fct-{tag}-{}-{}",
             std::process::id(),

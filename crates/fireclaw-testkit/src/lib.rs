@@ -3,6 +3,7 @@
 //! installed here, speaking the same documented protocol.
 
 pub mod irc;
+pub mod netns;
 pub mod ngircd;
 pub mod ollama;
 pub mod unit;

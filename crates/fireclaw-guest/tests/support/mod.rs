@@ -58,6 +58,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl NetNs {
     pub fn new(tag: &str) -> NetNs {
+        fireclaw_testkit::netns::reap_orphans("fcg");
         let name = format!(
             "fcg-{tag}-{}-{}",
             std::process::id(),
