@@ -44,6 +44,15 @@ fn said_by<'a>(nick: &'a str, target: &'a str) -> impl Fn(&Line) -> bool + 'a {
     move |l: &Line| l.is_privmsg(nick, target)
 }
 
+/// The VM id an overseer's answer names (`... VM 0123456789ab, ...`).
+fn vm_in(answer: &str) -> Option<String> {
+    answer
+        .split("VM ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .map(str::to_string)
+}
+
 #[test]
 #[ignore = "vm tier: needs root, QEMU, ngircd and the agent test image; run with --include-ignored"]
 fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
@@ -72,13 +81,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         "{up:?}\n{}",
         rt.log_text()
     );
-    let vm = up
-        .text()
-        .split("VM ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_string();
+    let vm = vm_in(up.text()).expect("the answer names the VM");
     let diag = |vm: &str| {
         let out = root.fireclaw(
             ns,
@@ -197,13 +200,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         .expect("coder joins again");
     let warm_join = invoked.elapsed();
     // `ps` says where it came from.
-    let warm_vm = up
-        .text()
-        .split("VM ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_string();
+    let warm_vm = vm_in(up.text()).expect("the answer names the VM");
     let ps = root.fireclaw(ns, &["ps", "--json"]);
     let listed: fireclaw_proto::control::VmList =
         serde_json::from_slice(&ps.stdout).expect("ps --json");
@@ -331,15 +328,8 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         std::thread::sleep(Duration::from_secs(2));
     }
 
-    // The agent's VMM dies: announced in #control, restarted, back in #agents.
-    let vm2 = up
-        .text()
-        .split("VM ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_string();
-    let pid = fireclaw::vm::record::get(&root.db().unwrap(), &vm2)
+    // The (warm) agent's VMM dies: announced in #control, restarted, back in #agents.
+    let pid = fireclaw::vm::record::get(&root.db().unwrap(), &warm_vm)
         .unwrap()
         .and_then(|r| r.vmm_pid)
         .expect("the agent VM's VMM pid");
@@ -387,8 +377,8 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         "{again}"
     );
     assert_eq!(
-        again.split("VM ").nth(1).map(|s| s.split(',').next()),
-        status.split("VM ").nth(1).map(|s| s.split(',').next()),
+        vm_in(&again),
+        vm_in(&status),
         "the agent VM changed over the runtime's restart"
     );
     assert!(
@@ -414,8 +404,8 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         rt.log_text()
     );
     assert_eq!(
-        after_kill.split("VM ").nth(1).map(|s| s.split(',').next()),
-        status.split("VM ").nth(1).map(|s| s.split(',').next()),
+        vm_in(&after_kill),
+        vm_in(&status),
         "the agent VM changed over the runtime's kill -9"
     );
     // Health rounds run against the re-adopted VM without finding it dead.
@@ -435,12 +425,7 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
         rt.log_text()
     );
     // The VM the restart after the VMM's kill made, re-adopted twice since.
-    let vm3 = after_kill
-        .split("VM ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_string();
+    let vm3 = vm_in(&after_kill).expect("the answer names the VM");
     let memory = root.fireclaw(ns, &["exec", &vm3, "--", "cat", "/workspace/MEMORY.md"]);
     assert!(
         memory.status.success() && text(&memory.stdout).contains("marmalade-42"),
@@ -490,13 +475,18 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
 
     // The guest powers itself off: a clean stop, which `on-failure` leaves stopped, saying so in
     // one line.
+    // Powers VM `vm` off from inside and returns the overseer's first line about `nick` since.
+    let power_off = |alice: &mut IrcClient, vm: &str, nick: &str| -> Line {
+        let mark = alice.seen.len();
+        let off = root.fireclaw(ns, &["exec", vm, "--", "sh", "-c", POWER_OFF]);
+        assert!(off.status.success(), "{}", text(&off.stderr));
+        seen_or_wait(alice, mark, Duration::from_secs(120), |l| {
+            l.is_privmsg("overseer", "#control") && l.text().starts_with(nick)
+        })
+        .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()))
+    };
     let mark = alice.seen.len();
-    let off = root.fireclaw(ns, &["exec", &vm3, "--", "sh", "-c", POWER_OFF]);
-    assert!(off.status.success(), "{}", text(&off.stderr));
-    let stopped = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
-        l.is_privmsg("overseer", "#control") && l.text().starts_with("coder")
-    })
-    .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()));
+    let stopped = power_off(&mut alice, &vm3, "coder");
     assert_eq!(
         stopped.text(),
         "coder's VM shut down cleanly (its guest powered off); restart policy on-failure: it stays stopped.",
@@ -521,21 +511,11 @@ fn an_agent_in_a_vm_answers_with_its_kernel_and_remembers_across_destroy() {
     let mark = alice.seen.len();
     let up = ask(&mut alice, "!invoke steady");
     assert!(up.contains("steady is up"), "{up}\n{}", rt.log_text());
-    let vm4 = up
-        .split("VM ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_string();
+    let vm4 = vm_in(&up).expect("the answer names the VM");
     seen_or_wait(&mut alice, mark, Duration::from_secs(120), joined("steady"))
         .expect("steady joins #agents");
     let mark = alice.seen.len();
-    let off = root.fireclaw(ns, &["exec", &vm4, "--", "sh", "-c", POWER_OFF]);
-    assert!(off.status.success(), "{}", text(&off.stderr));
-    let note = seen_or_wait(&mut alice, mark, Duration::from_secs(120), |l| {
-        l.is_privmsg("overseer", "#control") && l.text().starts_with("steady")
-    })
-    .unwrap_or_else(|| panic!("no word of the clean stop:\n{}", rt.log_text()));
+    let note = power_off(&mut alice, &vm4, "steady");
     assert_eq!(
         note.text(),
         "steady's VM shut down cleanly (its guest powered off); restart policy always: it restarts in about 3 s.",

@@ -399,12 +399,8 @@ mod tests {
         };
         let script = config_script(&config).unwrap();
         assert!(script.contains("[ -d /etc/fireclaw ] || mkdir -p /etc/fireclaw"));
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("s.sh");
-        std::fs::write(&file, &script).unwrap();
         let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg(&file)
+            .args(["-n", "-c", &script])
             .output()
             .unwrap();
         assert!(

@@ -75,27 +75,29 @@ pub fn reload(service: &Service) -> bool {
         );
     }
     let agents_changed = old.agents != new.agents;
+    let pool_changed = !changes.is_empty();
     let mut applied = old;
     applied.agents = new.agents;
+    applied.pool = new.pool;
+    if agents_changed || pool_changed {
+        service.set_config(applied.clone());
+    }
     if agents_changed {
         tracing::info!("SIGHUP: [agents] applied");
-        service.set_config(applied.clone());
+    }
+    for c in &changes {
+        tracing::info!("SIGHUP: {c}");
+    }
+    if pool_changed {
+        service.pool.resize(&applied);
+    } else {
+        tracing::info!("SIGHUP: configuration reloaded; [pool] unchanged");
     }
     // Templates may have changed on disk as well: the warm agents are looked up again.
     if let Some(warm) = &service.warm {
         super::set_agent_wants(&service.host(), warm);
     }
-    if changes.is_empty() {
-        tracing::info!("SIGHUP: configuration reloaded; [pool] unchanged");
-        return agents_changed;
-    }
-    for c in &changes {
-        tracing::info!("SIGHUP: {c}");
-    }
-    applied.pool = new.pool;
-    service.set_config(applied.clone());
-    service.pool.resize(&applied);
-    true
+    agents_changed || pool_changed
 }
 
 #[cfg(test)]

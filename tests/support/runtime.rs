@@ -63,6 +63,7 @@ impl Runtime {
         let log = dir.join(format!("runtime-{n}.log"));
         let child = cmd
             .env("NOTIFY_SOCKET", &notify_path)
+            // FIRECLAW_TEST_RUNTIME_LOG (a `tracing` filter) to read more of a failing run.
             .env(
                 "RUST_LOG",
                 std::env::var("FIRECLAW_TEST_RUNTIME_LOG").unwrap_or_else(|_| "info".into()),
